@@ -1,0 +1,49 @@
+# make install   virtual environment + torch (tested version, installed first) + requirements
+# make demo      generate demo data and tiny models, run every task, print one results table
+# make test      lint + the whole test-suite (what CI runs)
+# make style     format and auto-fix;  make quality  check only
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: install install-dev demo test style quality clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch goes first and pinned: anything that merely depends on "torch" would otherwise pull
+# the newest CUDA build (gigabytes). Skipped when the venv already has a torch.
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+demo: install
+	$(PY) scripts/make_demo_data.py --output_dir demo
+	$(PY) scripts/run_demo.py
+
+test: install-dev quality
+	$(PY) -m pytest
+
+style: install-dev
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+quality: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf outputs demo .pytest_cache

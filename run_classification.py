@@ -1,0 +1,442 @@
+"""Fine-tune a Chinese text classifier (single-label or multi-label) on CSV / TSV / JSON files.
+
+    python run_classification.py examples/classification_demo.json
+    python run_classification.py --model_name_or_path bert-base-chinese --train_file train.csv \
+        --validation_file dev.csv --text_column text --label_column label --output_dir outputs/cls \
+        --do_train --do_eval
+    torchrun --nproc_per_node 8 run_classification.py examples/classification_bert_base_chinese.json
+
+Labels may be ints or strings; their names are stored in the model config, so
+`pipeline("text-classification", model=output_dir)` answers with them. Multi-label data has a list
+of labels per row, or one string split on --label_delimiter.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from arguments import DataTrainingArguments, ModelArguments, common_problems, parse_args, raise_if_problems
+from mechanics import (
+    drop_invalid_rows,
+    find_column,
+    is_blank,
+    load_raw_datasets,
+    setup_run,
+    take_first,
+    train_evaluate_predict,
+    write_json,
+)
+from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "text_a", "sentence1", "query")
+LABEL_COLUMNS = ("label", "labels", "class", "category")
+
+
+@dataclass
+class ClassificationArguments:
+    """Arguments only text classification needs."""
+
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the label(s); found among label, labels, class if unset."}
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Optional second text column, for sentence-pair tasks (e.g. matching)."}
+    )
+    label_delimiter: str | None = field(
+        default=None,
+        metadata={"help": "Makes the task multi-label: label strings are split on it, e.g. '|' for '价格|物流'."},
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Longest input in tokens; longer texts are truncated. Batches pad dynamically."}
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "Multi-label only: a label is predicted when its probability reaches this."}
+    )
+
+
+def normalize_label(value, multi_label: bool, delimiter: str | None):
+    """A label as its name (str), or a list of names for multi-label rows; None when missing.
+
+    CSV columns with a missing value are read as floats, so 1.0 must count as the label '1'.
+    """
+    if multi_label:
+        if isinstance(value, list):
+            items = value
+        elif is_blank(value):
+            return None
+        else:
+            items = str(value).split(delimiter) if delimiter else [value]
+        return [normalize_label(v, False, None) for v in items if not is_blank(v)]
+    if is_blank(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def sort_label_names(names) -> list[str]:
+    """Numeric labels in numeric order (so 0..K-1 keep their ids), others alphabetically."""
+    names = set(names)
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def is_list_feature(feature) -> bool:
+    return isinstance(feature, (datasets.Sequence, datasets.LargeList, getattr(datasets, "List", datasets.Sequence)))
+
+
+def check_known_labels(dataset, split, label_column, label2id, multi_label, delimiter, source) -> None:
+    """Fail on eval/test labels the model cannot predict, naming the value and the row."""
+    unknown = []
+    for row, value in enumerate(dataset[label_column]):
+        label = normalize_label(value, multi_label, delimiter)
+        for name in (label or []) if multi_label else ([label] if label is not None else []):
+            if name not in label2id:
+                unknown.append((row, name))
+    if unknown:
+        shown = "; ".join(f"row {row}: '{name}'" for row, name in unknown[:5])
+        raise ValueError(
+            f"The {split} data has {len(unknown)} label(s) that never occur in {source} (rows counted from 0): "
+            f"{shown}{' ...' if len(unknown) > 5 else ''}. Known labels: {', '.join(label2id)}. "
+            "Fix or remove those rows, or add examples of the label to the training data."
+        )
+
+
+def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
+    """Warn when evaluation or test texts also occur in train: scores on them overstate the model."""
+    if "train" not in raw:
+        return
+    seen = {str(t).strip() for t in raw["train"][text_columns["train"]] if not is_blank(t)}
+    for split in ("validation", "test"):
+        if split not in raw:
+            continue
+        texts = [str(t).strip() for t in raw[split][text_columns[split]] if not is_blank(t)]
+        shared = [t for t in texts if t in seen]
+        if shared:
+            logger.warning(
+                "Leak: %d of %d %s texts also occur in the training data (e.g. '%s'); metrics on them overstate "
+                "how well the model generalises. De-duplicate the splits.",
+                len(shared),
+                len(texts),
+                split,
+                shared[0][:50],
+            )
+
+
+class ClassificationMetrics:
+    """compute_metrics for the Trainer; keeps the last predictions so the final report can be written from them."""
+
+    def __init__(self, multi_label: bool, threshold: float):
+        self.multi_label, self.threshold = multi_label, threshold
+        self.last = None
+
+    def __call__(self, eval_pred) -> dict:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        predictions = predict_labels(logits, self.multi_label, self.threshold)
+        self.last = (predictions, eval_pred.label_ids)
+        return classification_metrics(predictions, eval_pred.label_ids, self.multi_label)
+
+
+def cjk_font() -> str | None:
+    """A font family that can draw Chinese label names, if the system has one."""
+    from matplotlib import font_manager
+
+    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
+    available = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in wanted if name in available), None)
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """The confusion matrix (single-label) or per-label precision/recall/F1 bars (multi-label) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["labels"]
+    font = cjk_font()
+    if font:
+        plt.rcParams["font.sans-serif"] = [font, *plt.rcParams["font.sans-serif"]]
+    elif any(not n.isascii() for n in names):
+        # without a CJK font matplotlib draws empty boxes; ids are readable, and the JSON maps them to names
+        names = [f"#{i}" for i in range(len(names))]
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    if "confusion_matrix" in report:
+        matrix = np.array(report["confusion_matrix"])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix")
+    else:
+        x = np.arange(len(names))
+        for k, metric in enumerate(("precision", "recall", "f1")):
+            values = [report["per_class"][n][metric] for n in report["labels"]]
+            ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=metric)
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+        ax.set_title("per-label scores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    # 1. arguments, validated before anything heavy is loaded
+    model_args, data_args, cls_args, training_args = parse_args(
+        [ModelArguments, DataTrainingArguments, ClassificationArguments, TrainingArguments], argv
+    )
+    problems = common_problems(model_args, data_args, training_args)
+    if not model_args.model_name_or_path:
+        problems.append("--model_name_or_path is required (a hub id such as bert-base-chinese, or a local dir).")
+    if cls_args.max_seq_length < 1:
+        problems.append(f"--max_seq_length must be at least 1, got {cls_args.max_seq_length}.")
+    if not 0 < cls_args.threshold < 1:
+        problems.append(f"--threshold must be between 0 and 1, got {cls_args.threshold}.")
+    raise_if_problems(problems)
+
+    # 2. logging, seed
+    setup_run(training_args)
+
+    # 3. data: load, find columns, decide the label set, drop dirty rows
+    with training_args.main_process_first(desc="loading data"):
+        raw = load_raw_datasets(data_args, training_args, cache_dir=model_args.cache_dir)
+    text_columns = {
+        split: find_column(ds, data_args.text_column, "text_column", TEXT_COLUMNS, split) for split, ds in raw.items()
+    }
+    label_columns = {}
+    for split, ds in raw.items():
+        if split == "test" and cls_args.label_column not in ds.column_names:
+            present = [c for c in LABEL_COLUMNS if c in ds.column_names]
+            if cls_args.label_column is not None or not present:
+                continue  # a test file without labels: predict only
+        label_columns[split] = find_column(ds, cls_args.label_column, "label_column", LABEL_COLUMNS, split)
+    pair_columns = {}
+    if cls_args.text_pair_column:
+        pair_columns = {
+            split: find_column(ds, cls_args.text_pair_column, "text_pair_column", (), split)
+            for split, ds in raw.items()
+        }
+    first_labelled = next(iter(label_columns), None)
+    multi_label = cls_args.label_delimiter is not None or (
+        first_labelled is not None and is_list_feature(raw[first_labelled].features[label_columns[first_labelled]])
+    )
+
+    def drop_reason(row: dict) -> str | None:
+        if is_blank(row.get("text")):
+            return "empty or missing text"
+        if "pair" in row and is_blank(row["pair"]):
+            return "empty or missing text pair"
+        if "label" in row and normalize_label(row["label"], multi_label, cls_args.label_delimiter) is None:
+            return "missing label"
+        return None
+
+    for split in list(raw):
+        roles = {"text": text_columns[split], "pair": pair_columns.get(split), "label": label_columns.get(split)}
+        roles = {role: column for role, column in roles.items() if column}
+        raw[split] = drop_invalid_rows(
+            raw[split],
+            split,
+            list(roles.values()),
+            lambda row, roles=roles: drop_reason({role: row[column] for role, column in roles.items()}),
+        )
+    warn_about_leaks(raw, text_columns)
+
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model_label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
+    model_has_labels = model_label2id and set(model_label2id) != {f"LABEL_{i}" for i in range(len(model_label2id))}
+    if "train" in raw:
+        names = set()
+        for value in raw["train"][label_columns["train"]]:
+            label = normalize_label(value, multi_label, cls_args.label_delimiter)
+            names.update(label if multi_label else [label])
+        label_names = sort_label_names(names)
+        if model_has_labels and set(model_label2id) == set(label_names):
+            label_names = sorted(label_names, key=model_label2id.get)  # keep the checkpoint's head order
+        elif model_has_labels:
+            logger.warning(
+                "The checkpoint was trained on labels %s; this data has %s. The classification head is re-learned.",
+                sorted(model_label2id),
+                label_names,
+            )
+        if len(label_names) < 2 and not multi_label:
+            raise ValueError(
+                f"`--label_column` '{label_columns['train']}' has only one distinct label ({label_names}) in the "
+                "training data; classification needs at least two."
+            )
+        label_source = "the training data"
+    elif model_has_labels:
+        label_names = sorted(model_label2id, key=model_label2id.get)
+        label_source = f"the model's labels ({model_args.model_name_or_path})"
+    else:
+        raise ValueError(
+            f"Without --do_train the label names come from the model, but '{model_args.model_name_or_path}' has "
+            "none (its config has only LABEL_0, LABEL_1, ...). Evaluate a model fine-tuned by this script."
+        )
+    label2id = {name: i for i, name in enumerate(label_names)}
+    for split in ("validation", "test"):
+        if split in label_columns:
+            check_known_labels(
+                raw[split], split, label_columns[split], label2id, multi_label, cls_args.label_delimiter, label_source
+            )
+    logger.info(
+        "%s task with %d labels: %s", "Multi-label" if multi_label else "Single-label", len(label_names), label_names
+    )
+    for split, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_predict_samples),
+    ):
+        if split in raw:
+            raw[split] = take_first(raw[split], limit)
+
+    # 4. tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    if tokenizer.pad_token is None:  # decoder-only checkpoints (GPT-2, Qwen) used as classifiers
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = cls_args.max_seq_length
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions and max_length > max_positions:
+        logger.warning(
+            "--max_seq_length %d exceeds the model's %d positions; using %d.", max_length, max_positions, max_positions
+        )
+        max_length = max_positions
+
+    # 5. model
+    config.num_labels = len(label_names)
+    config.label2id, config.id2label = label2id, dict(enumerate(label_names))
+    config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+        dtype=model_args.dtype,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+    )
+
+    def encode(batch, split):
+        texts = [str(t) for t in batch[text_columns[split]]]
+        pairs = [str(t) for t in batch[pair_columns[split]]] if split in pair_columns else None
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        if split in label_columns:
+            labels = [normalize_label(v, multi_label, cls_args.label_delimiter) for v in batch[label_columns[split]]]
+            if multi_label:
+                encoded["labels"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
+            else:
+                encoded["labels"] = [label2id[name] for name in labels]
+        return encoded
+
+    processed = {}
+    with training_args.main_process_first(desc="tokenizing"):
+        for split, ds in raw.items():
+            processed[split] = ds.map(
+                encode,
+                batched=True,
+                fn_kwargs={"split": split},
+                remove_columns=ds.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                desc=f"Tokenizing {split}",
+            )
+
+    # 6. collator and metrics
+    pad_multiple = 8 if training_args.fp16 or training_args.bf16 else None
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
+    compute_metrics = ClassificationMetrics(multi_label, cls_args.threshold)
+
+    # 7. trainer
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=processed.get("train"),
+        eval_dataset=processed.get("validation"),
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
+
+    output_dir = Path(training_args.output_dir)
+
+    def write_eval_report(metrics: dict) -> None:
+        if compute_metrics.last is None or not trainer.is_world_process_zero():
+            return
+        report = classification_report(*compute_metrics.last, label_names, multi_label)
+        write_json(output_dir / "eval_report.json", report)
+        plot_report(report, output_dir / "eval_confusion_matrix.png")
+        logger.info("Per-class report and confusion matrix written to %s", output_dir)
+
+    def write_predictions(output) -> None:
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        probabilities = sigmoid(logits) if multi_label else softmax(logits)
+        predicted = predict_labels(logits, multi_label, cls_args.threshold)
+        test = raw["test"]
+        table = {"text": test[text_columns["test"]]}
+        if "test" in pair_columns:
+            table["text_pair"] = test[pair_columns["test"]]
+        if "test" in label_columns:
+            table["label"] = test[label_columns["test"]]
+        if multi_label:
+            delimiter = cls_args.label_delimiter or "|"
+            table["prediction"] = [delimiter.join(n for n, on in zip(label_names, row) if on) for row in predicted]
+        else:
+            table["prediction"] = [label_names[i] for i in predicted]
+            table["score"] = [round(float(p[i]), 4) for p, i in zip(probabilities, predicted)]
+        table["scores"] = [
+            json.dumps({n: round(float(v), 4) for n, v in zip(label_names, p)}, ensure_ascii=False)
+            for p in probabilities
+        ]
+        pd.DataFrame(table).to_csv(output_dir / "predictions.csv", index=False, encoding="utf-8")
+        logger.info("Predictions for %d rows written to %s", len(test), output_dir / "predictions.csv")
+
+    # 8-10. train, evaluate, predict
+    return train_evaluate_predict(
+        trainer,
+        training_args,
+        train_dataset=processed.get("train"),
+        eval_dataset=processed.get("validation"),
+        predict_dataset=processed.get("test"),
+        after_eval=write_eval_report,
+        after_predict=write_predictions,
+    )
+
+
+if __name__ == "__main__":
+    main()

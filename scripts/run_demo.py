@@ -1,0 +1,84 @@
+"""Run every task's demo config and print one table of results (what `make demo` shows).
+
+    python scripts/make_demo_data.py --output_dir demo   # data and tiny models first
+    python scripts/run_demo.py                          # all tasks
+    python scripts/run_demo.py classification           # only tasks whose name contains the word
+
+Each task runs exactly as a user would run it (`python run_x.py examples/x.json`); its log goes
+to outputs/<task>.log and its metrics are read back from output_dir/all_results.json.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# task, script, argument file, metrics to show (as named in all_results.json)
+TASKS = [
+    (
+        "classification",
+        "run_classification.py",
+        "examples/classification_demo.json",
+        ["eval_accuracy", "eval_macro_f1"],
+    ),
+    (
+        "classification-multilabel",
+        "run_classification.py",
+        "examples/classification_multilabel_demo.yaml",
+        ["eval_micro_f1", "eval_macro_f1"],
+    ),
+]
+
+
+def output_dir_of(config: Path) -> Path:
+    """The output_dir an argument file writes to."""
+    if config.suffix == ".json":
+        values = json.loads(config.read_text(encoding="utf-8"))
+    else:
+        import yaml
+
+        values = yaml.safe_load(config.read_text(encoding="utf-8"))
+    return ROOT / values["output_dir"]
+
+
+def run_task(task: str, script: str, config: str) -> tuple[dict, float, Path]:
+    """Run one demo; return its metrics, wall time and output_dir. Exit with the log's tail if it fails."""
+    log = ROOT / "outputs" / f"{task}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"==> {task}: python {script} {config}   (log: {log.relative_to(ROOT)})", flush=True)
+    start = time.time()
+    with open(log, "w", encoding="utf-8") as f:
+        code = subprocess.call([sys.executable, script, config], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    seconds = time.time() - start
+    if code != 0:
+        tail = log.read_text(encoding="utf-8").splitlines()[-30:]
+        sys.exit(f"{task} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
+    output_dir = output_dir_of(ROOT / config)
+    return json.loads((output_dir / "all_results.json").read_text(encoding="utf-8")), seconds, output_dir
+
+
+def main(argv=None) -> None:
+    words = sys.argv[1:] if argv is None else argv
+    rows = []
+    for task, script, config, shown in TASKS:
+        if words and not any(w in task for w in words):
+            continue
+        metrics, seconds, output_dir = run_task(task, script, config)
+        for name in shown:
+            rows.append((task, name, f"{metrics[name]:.4f}", f"{seconds:.0f}", str(output_dir.relative_to(ROOT))))
+    header = ("task", "metric", "value", "seconds", "output dir")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print()
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+    print(
+        "\nEach output dir holds the model (reload it with from_pretrained or pipeline), all_results.json, "
+        "training_loss.png, and the task's predictions / reports."
+    )
+
+
+if __name__ == "__main__":
+    main()
