@@ -43,7 +43,6 @@ def setup_run(training_args) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%m/%d %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
-        force=True,
     )
     level = logging.INFO if training_args.should_log else logging.WARNING
     logging.getLogger().setLevel(level)

@@ -69,6 +69,9 @@ class ClassificationArguments:
     )
 
 
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, ClassificationArguments, TrainingArguments)
+
+
 def normalize_label(value, multi_label: bool, delimiter: str | None):
     """A label as its name (str), or a list of names for multi-label rows; None when missing.
 
@@ -204,9 +207,7 @@ def plot_report(report: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     # 1. arguments, validated before anything heavy is loaded
-    model_args, data_args, cls_args, training_args = parse_args(
-        [ModelArguments, DataTrainingArguments, ClassificationArguments, TrainingArguments], argv
-    )
+    model_args, data_args, cls_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
     problems = common_problems(model_args, data_args, training_args)
     if not model_args.model_name_or_path:
         problems.append("--model_name_or_path is required (a hub id such as bert-base-chinese, or a local dir).")

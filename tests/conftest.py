@@ -1,0 +1,44 @@
+"""Shared fixtures. Everything runs offline: tiny models and data are generated into temp dirs."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+# Never touch the network or the user's caches.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_caches(tmp_path_factory):
+    """Keep datasets' Arrow cache and the HF home inside the test's temp dir."""
+    cache = tmp_path_factory.mktemp("hf_cache")
+    old = {k: os.environ.get(k) for k in ("HF_HOME", "HF_DATASETS_CACHE")}
+    os.environ["HF_HOME"] = str(cache)
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
+    import datasets
+
+    datasets.config.HF_DATASETS_CACHE = Path(cache / "datasets")
+    datasets.disable_progress_bars()
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """Full-size demo data and the tiny models, as `make demo` builds them (about a second)."""
+    import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_data.main(["--output_dir", str(out)])
+    return out

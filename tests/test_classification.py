@@ -1,0 +1,261 @@
+"""End to end: run_classification.main on generated Chinese data with a tiny from-scratch BERT."""
+
+import csv
+import json
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+
+import run_classification
+
+
+def common_args(demo_dir, output_dir, **overrides) -> list[str]:
+    """Arguments of a short run on the full sentiment demo data; overrides replace or add flags."""
+    data = demo_dir / "data" / "sentiment"
+    args = {
+        "model_name_or_path": demo_dir / "models" / "bert-tiny-zh",
+        "train_file": data / "train.csv",
+        "validation_file": data / "validation.csv",
+        "output_dir": output_dir,
+        "max_seq_length": 64,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 64,
+        "learning_rate": 1e-3,
+        "num_train_epochs": 3,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 42,
+    }
+    args.update(overrides)
+    argv = []
+    for key, value in args.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(demo_dir, tmp_path_factory):
+    """One full training run shared by the tests below (about 15 s on 2 cores)."""
+    output_dir = tmp_path_factory.mktemp("sentiment")
+    argv = common_args(
+        demo_dir,
+        output_dir,
+        test_file=demo_dir / "data" / "sentiment" / "test.csv",
+        eval_strategy="epoch",
+        do_train=True,
+        do_eval=True,
+        do_predict=True,
+    )
+    return run_classification.main(argv), output_dir
+
+
+def test_tiny_model_learns_sentiment(sentiment_run):
+    results, output_dir = sentiment_run
+    # 3% of the labels are flipped on purpose, so ~0.97 is the ceiling; chance is 0.5
+    assert results["eval_accuracy"] >= 0.9
+    assert results["predict_accuracy"] >= 0.9
+    assert results["eval_macro_f1"] >= 0.9
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert losses[-1] < losses[0] * 0.6
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    assert saved["eval_accuracy"] == results["eval_accuracy"]
+    assert (output_dir / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_outputs_reload_through_pipeline_with_label_names(sentiment_run):
+    from transformers import pipeline
+
+    _, output_dir = sentiment_run
+    predictions = pd.read_csv(output_dir / "predictions.csv")
+    assert list(predictions.columns) == ["text", "label", "prediction", "score", "scores"]
+    assert len(predictions) == 300
+    assert set(predictions["prediction"]) <= {"正面", "负面"}
+    scores = json.loads(predictions["scores"][0])
+    assert set(scores) == {"正面", "负面"} and abs(sum(scores.values()) - 1) < 1e-3
+
+    classifier = pipeline("text-classification", model=str(output_dir))
+    texts = predictions["text"][:20].tolist()
+    answers = classifier(texts)
+    # the reloaded model answers with label names, and agrees with the predictions file
+    assert [a["label"] for a in answers] == predictions["prediction"][:20].tolist()
+    assert [round(a["score"], 3) for a in answers] == pytest.approx(
+        predictions["score"][:20].round(3).tolist(), abs=2e-3
+    )
+
+
+def test_report_and_confusion_matrix(sentiment_run):
+    _, output_dir = sentiment_run
+    report = json.loads((output_dir / "eval_report.json").read_text(encoding="utf-8"))
+    assert report["labels"] == ["正面", "负面"]
+    matrix = report["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 300
+    assert report["per_class"]["正面"]["support"] == sum(matrix[0])
+    assert (output_dir / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_only_and_predict_without_labels(sentiment_run, demo_dir, tmp_path):
+    results, model_dir = sentiment_run
+    data = demo_dir / "data" / "sentiment"
+    argv = [
+        "--model_name_or_path", str(model_dir),
+        "--validation_file", str(data / "validation.csv"),
+        "--test_file", str(data / "test_unlabeled.csv"),
+        "--output_dir", str(tmp_path),
+        "--do_eval", "--do_predict", "--report_to", "none",
+    ]  # fmt: skip
+    again = run_classification.main(argv)
+    # label names come from the saved model; the score is the trained model's
+    assert again["eval_accuracy"] == pytest.approx(results["eval_accuracy"])
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(predictions.columns) == ["text", "prediction", "score", "scores"]
+    assert len(predictions) == 300
+    assert "predict_accuracy" not in again
+
+
+def test_multi_label_from_json_lists(demo_dir, tmp_path):
+    data = demo_dir / "data" / "multilabel"
+    argv = common_args(
+        demo_dir,
+        tmp_path,
+        train_file=data / "train.jsonl",
+        validation_file=data / "validation.jsonl",
+        test_file=data / "test.jsonl",
+        num_train_epochs=10,
+        learning_rate=2e-3,
+        do_train=True,
+        do_eval=True,
+        do_predict=True,
+    )
+    results = run_classification.main(argv)
+    assert results["eval_micro_f1"] >= 0.85
+    assert results["eval_macro_f1"] >= 0.85
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert config["problem_type"] == "multi_label_classification"
+    assert set(config["label2id"]) == {"价格", "质量", "物流", "服务", "外观"}
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    first = json.loads((data / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert predictions["label"][0] == str(first["labels"]) or isinstance(predictions["label"][0], str)
+    report = json.loads((tmp_path / "eval_report.json").read_text(encoding="utf-8"))
+    counts = report["per_label_confusion"]["物流"]
+    assert counts["tp"] + counts["fn"] == report["per_class"]["物流"]["support"]
+
+
+def test_multi_label_from_delimited_strings(demo_dir, tmp_path):
+    data = demo_dir / "data" / "multilabel"
+    argv = common_args(
+        demo_dir,
+        tmp_path,
+        train_file=data / "train.csv",
+        validation_file=data / "validation.csv",
+        label_column="labels",
+        label_delimiter="|",
+        max_steps=2,
+        do_train=True,
+        do_eval=True,
+    )
+    results = run_classification.main(argv)
+    assert 0 <= results["eval_micro_f1"] <= 1
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert config["problem_type"] == "multi_label_classification"
+    assert sorted(config["label2id"]) == sorted(["价格", "质量", "物流", "服务", "外观"])
+
+
+def test_resume_reaches_the_same_result(demo_dir, tmp_path):
+    """Stopping after checkpoint-6 and resuming must end where an uninterrupted run ends."""
+    data = demo_dir / "data" / "sentiment"
+    overrides = dict(
+        train_file=data / "train.csv",
+        max_train_samples=400,
+        per_device_train_batch_size=16,
+        max_steps=12,  # 25 batches per epoch: the resume lands mid-epoch
+        save_strategy="steps",
+        save_steps=6,
+        do_train=True,
+        do_eval=True,
+    )
+    full = run_classification.main(common_args(demo_dir, tmp_path / "full", **overrides))
+    # what a run killed between step 6 and step 12 leaves behind: only checkpoint-6
+    (tmp_path / "stopped").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "stopped" / "checkpoint-6")
+    resumed = run_classification.main(
+        common_args(demo_dir, tmp_path / "stopped", resume_from_checkpoint="True", **overrides)
+    )
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-5)
+    assert resumed["eval_accuracy"] == full["eval_accuracy"]
+    no_resume = run_classification.main(common_args(demo_dir, tmp_path / "other", **dict(overrides, max_steps=6)))
+    assert no_resume["eval_loss"] != pytest.approx(full["eval_loss"], abs=1e-5)  # the comparison can fail
+
+
+# ---- bad input: clear errors, or rows dropped with a logged count --------------------------------------------
+
+
+def write_csv(path, rows, header=("text", "label"), encoding="utf-8"):
+    with open(path, "w", encoding=encoding, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+SMALL_TRAIN = [("服务很好，推荐", "正面"), ("太差了，失望", "负面")] * 10
+
+
+def test_missing_column_lists_the_columns(demo_dir, tmp_path):
+    train = write_csv(tmp_path / "train.csv", SMALL_TRAIN, header=("comment", "label"))
+    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=None, do_train=True)
+    with pytest.raises(ValueError, match=r"columns are: comment, label"):
+        run_classification.main(argv)
+    with pytest.raises(ValueError, match=r"`--label_column` 'lable' is not a column of the train data"):
+        run_classification.main([*argv, "--text_column", "comment", "--label_column", "lable"])
+
+
+def test_unseen_eval_label_names_value_and_row(demo_dir, tmp_path):
+    train = write_csv(tmp_path / "train.csv", SMALL_TRAIN)
+    dev = write_csv(tmp_path / "dev.csv", [("还行吧", "正面"), ("一般般", "中性")])
+    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=dev, do_train=True, do_eval=True)
+    with pytest.raises(ValueError, match=r"validation data has 1 label.*row 1: '中性'.*Known labels: 正面, 负面"):
+        run_classification.main(argv)
+
+
+def test_dirty_rows_are_dropped_and_counted(demo_dir, tmp_path, caplog):
+    rows = [*SMALL_TRAIN, ("", "正面"), ("   ", "负面"), ("没有标签的一行", ""), ("好评", "正面")]
+    train = write_csv(tmp_path / "train.csv", rows)
+    dev = write_csv(tmp_path / "dev.csv", SMALL_TRAIN[:4])
+    argv = common_args(
+        demo_dir, tmp_path / "out", train_file=train, validation_file=dev, max_steps=1, do_train=True, do_eval=True
+    )
+    with caplog.at_level(logging.WARNING):
+        results = run_classification.main(argv)
+    assert results["train_samples"] == len(SMALL_TRAIN) + 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Dropped 2 of 24 train rows: empty or missing text" in m for m in messages)
+    assert any("Dropped 1 of 24 train rows: missing label" in m for m in messages)
+    # the dev texts all occur in train: the leak check says so
+    assert any("Leak: 4 of 4 validation texts also occur in the training data" in m for m in messages)
+
+
+def test_gbk_file_error_and_file_encoding(demo_dir, tmp_path):
+    train = write_csv(tmp_path / "train.csv", SMALL_TRAIN, encoding="gbk")
+    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=None, max_steps=1, do_train=True)
+    with pytest.raises(ValueError, match=r"train.csv' is not valid utf-8.*--file_encoding gbk"):
+        run_classification.main(argv)
+    results = run_classification.main([*argv, "--file_encoding", "gbk"])
+    assert results["train_samples"] == len(SMALL_TRAIN)
+
+
+def test_argument_errors_are_collected(demo_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown arguments: `--lable_column` \(did you mean `label_column`\?\)"):
+        run_classification.main(["--lable_column", "x", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError) as info:
+        run_classification.main(["--do_train", "--max_seq_length", "0", "--output_dir", str(tmp_path)])
+    message = str(info.value)
+    assert "--do_train needs --train_file" in message
+    assert "--model_name_or_path is required" in message
+    assert "--max_seq_length must be at least 1" in message
