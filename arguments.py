@@ -111,6 +111,44 @@ class DataTrainingArguments:
     )
 
 
+@dataclass
+class FinetuningArguments:
+    """How much of the model is trained: every weight, or LoRA adapters (run_clm.py, run_seq2seq_ptuning.py)."""
+
+    finetuning_type: str = field(
+        default="full",
+        metadata={
+            "help": "full: train every weight; lora: train low-rank adapters only; ptuning: P-Tuning v2 "
+            "prefixes (run_seq2seq_ptuning.py only).",
+            "choices": ["full", "lora", "ptuning"],
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r.", "aliases": ["--lora_r"]})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, between 0 and 1."})
+    lora_target: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={
+            "help": "Module names to adapt (e.g. q_proj v_proj), 'all' for every linear layer but the output "
+            "head, or 'default' for peft's choice for the architecture."
+        },
+    )
+
+
+def finetuning_problems(args: FinetuningArguments, allowed: tuple[str, ...]) -> list[str]:
+    """Problems with the fine-tuning arguments, for a script that supports the `allowed` types."""
+    problems = []
+    if args.finetuning_type not in allowed:
+        problems.append(
+            f"--finetuning_type {args.finetuning_type} is not supported here; use one of {', '.join(allowed)}."
+        )
+    if args.lora_rank < 1:
+        problems.append(f"--lora_rank must be at least 1, got {args.lora_rank}.")
+    if not 0 <= args.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}.")
+    return problems
+
+
 # transformers-4 era keys: old key -> (new key or None to drop it, value converter or None, what to tell the user).
 # A converter returning _DROP removes the key (e.g. `group_by_length: false` has no v5 equivalent to set).
 _DROP = object()

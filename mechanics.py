@@ -346,3 +346,36 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
 def write_json(path: str | Path, obj) -> None:
     """UTF-8 JSON that keeps Chinese readable."""
     Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def apply_lora(model, finetuning_args, task_type: str):
+    """Wrap `model` with LoRA adapters (peft); only the adapters train. task_type: CAUSAL_LM or SEQ_2_SEQ_LM."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = finetuning_args.lora_target
+    if targets == ["all"]:
+        targets = "all-linear"  # every linear layer except the output head
+    elif targets == ["default"]:
+        targets = None  # peft's per-architecture default (e.g. q_proj, v_proj)
+    else:
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in targets if t not in names]
+        if missing:
+            linear = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")}
+            )
+            raise ValueError(
+                f"`--lora_target` {', '.join(missing)} is not a module of this model; its linear layers are: "
+                f"{', '.join(linear)} (or use 'all')."
+            )
+    config = LoraConfig(
+        task_type=task_type,
+        r=finetuning_args.lora_rank,
+        lora_alpha=finetuning_args.lora_alpha,
+        lora_dropout=finetuning_args.lora_dropout,
+        target_modules=targets,
+    )
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA: training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model
