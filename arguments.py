@@ -149,6 +149,46 @@ def finetuning_problems(args: FinetuningArguments, allowed: tuple[str, ...]) -> 
     return problems
 
 
+@dataclass
+class GenerationArguments:
+    """How evaluation and prediction generate text (run_seq2seq_ptuning.py, run_image_captioning.py).
+
+    Greedy by default, so evaluation scores are reproducible; sampling is opt-in.
+    """
+
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Most tokens generated per answer (default: --max_target_length)."}
+    )
+    num_beams: int = field(default=1, metadata={"help": "Beam search width; 1 is greedy decoding."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy/beam decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "Nucleus sampling: keep the smallest set of tokens with this "
+            "probability mass (with --do_sample), e.g. 0.7 as in ChatGLM."
+        },
+    )
+    top_k: int = field(default=50, metadata={"help": "Sample only among the k most likely tokens (with --do_sample)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Above 1.0 discourages repeating tokens."})
+
+
+def generation_problems(args: GenerationArguments) -> list[str]:
+    """Problems with the generation arguments."""
+    problems = []
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        problems.append(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.num_beams < 1:
+        problems.append(f"--num_beams must be at least 1, got {args.num_beams}.")
+    if args.temperature <= 0:
+        problems.append(f"--temperature must be above 0, got {args.temperature}.")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p must be in (0, 1], got {args.top_p}.")
+    if args.repetition_penalty <= 0:
+        problems.append(f"--repetition_penalty must be above 0, got {args.repetition_penalty}.")
+    return problems
+
+
 # transformers-4 era keys: old key -> (new key or None to drop it, value converter or None, what to tell the user).
 # A converter returning _DROP removes the key (e.g. `group_by_length: false` has no v5 equivalent to set).
 _DROP = object()
@@ -222,11 +262,13 @@ class ArgumentParser(HfArgumentParser):
     def __init__(self, dataclass_types, prog: str | None = None):
         super().__init__(dataclass_types, prog=prog, allow_abbrev=False)
         # every spelling a user may write (`--lora_r`, `--lora-rank`) -> the field it sets
+        # (the `--no_X` complements HfArgumentParser adds for boolean fields are not keys of their own)
         self.dest_of = {
             option.lstrip("-"): action.dest
             for action in self._actions
             for option in action.option_strings
-            if option.startswith("--") and not option.startswith("--no_") and not option.startswith("--no-")
+            if option.startswith("--")
+            and option not in (f"--no_{action.dest}", f"--no-{action.dest.replace('_', '-')}")
         }
 
 
@@ -236,7 +278,7 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
     >>> model_args, data_args = parse_args([ModelArguments, DataTrainingArguments],
     ...                                    {"model_name_or_path": "m", "train_file": "a.csv"})
     >>> data_args.train_file
-    'a.csv'
+    ['a.csv']
     """
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
     parser = ArgumentParser(dataclass_types, prog=prog)
@@ -246,11 +288,13 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
     file_values, source = {}, "the command line"
     if isinstance(args, Mapping):
         file_values, source, cli = dict(args), "the argument dict", []
-    elif args and str(args[0]).endswith(ARGUMENT_FILE_SUFFIXES) and not str(args[0]).startswith("-"):
-        source = args[0]
-        file_values, cli = read_argument_file(args[0]), list(args[1:])
     else:
-        cli = list(args)
+        args = [str(a) for a in args]
+        if args and args[0].lower().endswith(ARGUMENT_FILE_SUFFIXES) and not args[0].startswith("-"):
+            source = args[0]
+            file_values, cli = read_argument_file(args[0]), args[1:]
+        else:
+            cli = args
 
     unknown, conflicts = [], []
     file_values = _translate_v4_keys(file_values, source, conflicts)
@@ -263,8 +307,16 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
         if dest != key:
             file_values[dest] = file_values.pop(key)
     for action in parser._actions:
-        if action.dest in file_values:
-            action.required = False  # the file supplies it
+        if action.dest not in file_values:
+            continue
+        action.required = False  # the file supplies it
+        value = file_values[action.dest]
+        if action.nargs == "+" and isinstance(value, str):
+            file_values[action.dest] = [value]  # `train_file: a.csv` means a list of one file
+        if action.choices is not None and value is not None and str(value) not in {str(c) for c in action.choices}:
+            conflicts.append(
+                f"`{action.dest}` (in {source}) is {value!r}; choose one of: {', '.join(map(str, action.choices))}."
+            )
     # argparse runs string defaults through each option's type, so YAML's `learning_rate: 2e-5` (a string
     # to PyYAML) becomes a float, exactly as if it had been typed on the command line.
     parser.set_defaults(**{k: v for k, v in file_values.items() if k in parser.dest_of.values()})
@@ -362,7 +414,7 @@ def _translate_v4_flags(argv: list[str], conflicts: list) -> list[str]:
     for name, token, values in groups:
         if name not in V4_KEYS:
             out.append(token)
-            out.extend(values if "=" not in token else [])
+            out.extend(values[1:] if "=" in token else values)  # an inline `--key=value` already holds values[0]
             continue
         new, convert, why = V4_KEYS[name]
         logger.warning("`--%s` %s.", name, why)

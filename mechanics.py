@@ -69,10 +69,13 @@ def resolve_data_files(spec: str | Sequence[str], arg_name: str, formats: dict =
     for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
+            # hidden files and folders (.ipynb_checkpoints, .git) hold copies, not data
             found = sorted(
                 str(p)
                 for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in formats and not p.name.startswith(".")
+                if p.is_file()
+                and p.suffix.lower() in formats
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
                 raise ValueError(f"`--{arg_name}` directory '{entry}' holds no data file ({', '.join(formats)}).")
@@ -118,7 +121,9 @@ def check_encoding(files: list[str], encoding: str, arg_name: str) -> None:
 
 def encoding_error_message(file: str, encoding: str, arg_name: str, exc: UnicodeDecodeError) -> str:
     """The message for a file that is not in the expected encoding."""
-    suggestion = "--file_encoding gbk" if encoding.lower().replace("-", "") in ("utf8", "utf8sig") else ""
+    if encoding.lower().replace("-", "") == "utf8sig":
+        encoding = "utf-8"  # what the user asked for; -sig is only how we read it
+    suggestion = "--file_encoding gbk" if encoding.lower().replace("-", "") == "utf8" else ""
     fix = (
         f"If it is GBK/GB18030 (common for files saved by Excel or Windows tools in China), pass {suggestion}, "
         "or convert it: iconv -f gbk -t utf-8 in.csv > out.csv."
@@ -177,8 +182,11 @@ def load_raw_datasets(data_args, training_args, cache_dir: str | None = None) ->
 def carve_validation_split(train: Dataset, percentage: int, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out `percentage`% of the training rows for evaluation; the two parts never share a row."""
     n_validation = max(1, round(len(train) * percentage / 100))
-    if len(train) < 2:
-        raise ValueError("Only one training row: cannot hold out a validation split. Pass --validation_file.")
+    if n_validation >= len(train):
+        raise ValueError(
+            f"Cannot hold out {percentage}% of {len(train)} training row(s) for evaluation and still train: "
+            "pass --validation_file or a smaller --validation_split_percentage."
+        )
     parts = train.train_test_split(test_size=n_validation, seed=seed, shuffle=True)
     logger.info(
         "No --validation_file: holding out %d of %d training rows (%d%%) for evaluation.",
@@ -379,3 +387,16 @@ def apply_lora(model, finetuning_args, task_type: str):
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("LoRA: training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+class FileOrderEvaluation:
+    """Trainer mixin: evaluation and prediction batches follow the data file's row order.
+
+    transformers 5 applies `train_sampling_strategy=group_by_length` to evaluation as well, which reorders the
+    predictions; a predictions file must line up with the rows it was made from.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None

@@ -30,6 +30,7 @@ from transformers import (
 
 from arguments import DataTrainingArguments, ModelArguments, common_problems, parse_args, raise_if_problems
 from mechanics import (
+    FileOrderEvaluation,
     drop_invalid_rows,
     find_column,
     is_blank,
@@ -140,6 +141,10 @@ def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
                 split,
                 shared[0][:50],
             )
+
+
+class ClassificationTrainer(FileOrderEvaluation, Trainer):
+    """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length."""
 
 
 class ClassificationMetrics:
@@ -384,7 +389,7 @@ def main(argv=None) -> dict:
     compute_metrics = ClassificationMetrics(multi_label, cls_args.threshold)
 
     # 7. trainer
-    trainer = Trainer(
+    trainer = ClassificationTrainer(
         model=model,
         args=training_args,
         train_dataset=processed.get("train"),
@@ -412,10 +417,14 @@ def main(argv=None) -> dict:
         table = {"text": test[text_columns["test"]]}
         if "test" in pair_columns:
             table["text_pair"] = test[pair_columns["test"]]
+        delimiter = cls_args.label_delimiter or "|"
         if "test" in label_columns:
             table["label"] = test[label_columns["test"]]
+            if multi_label:
+                table["label"] = [
+                    delimiter.join(normalize_label(v, True, cls_args.label_delimiter) or []) for v in table["label"]
+                ]
         if multi_label:
-            delimiter = cls_args.label_delimiter or "|"
             table["prediction"] = [delimiter.join(n for n, on in zip(label_names, row) if on) for row in predicted]
         else:
             table["prediction"] = [label_names[i] for i in predicted]
