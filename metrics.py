@@ -1,7 +1,10 @@
-"""Metrics computed locally (no `evaluate.load`, which needs the Hub): classification for now.
+"""Metrics computed locally (no `evaluate.load`, which needs the Hub): classification, Chinese ROUGE / BLEU.
 
 Every function takes plain numpy arrays / lists so it can be checked on hand-computed examples.
 """
+
+import logging
+import re
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
@@ -75,3 +78,49 @@ def classification_report(
     else:
         report["confusion_matrix"] = sklearn_confusion_matrix(labels, predictions, labels=ids).tolist()
     return report
+
+
+# ---- generation: Chinese ROUGE / BLEU as ChatGLM's ptuning/main.py computes them ----------------------------------
+
+# Space between two characters of which one is CJK (ideograph or full-width punctuation): BERT-style tokenizers put
+# one between every Chinese character when decoding; spaces between Latin words are kept.
+_CJK = r"\u2e80-\u2fff\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_TOKENIZER_SPACE = re.compile(rf"(?<=[{_CJK}])\s+|\s+(?=[{_CJK}])")
+
+
+def strip_tokenizer_spaces(text: str) -> str:
+    """Remove the spaces a tokenizer's decode put next to CJK characters; spaces between Latin words stay.
+
+    >>> strip_tokenizer_spaces("这 款 连 衣 裙 很 好 看 。 new york 风")
+    '这款连衣裙很好看。new york风'
+    """
+    return _TOKENIZER_SPACE.sub("", text).strip()
+
+
+def rouge_bleu(predictions: list[str], references: list[str]) -> dict:
+    """ROUGE-1/2/L F-scores on jieba words and BLEU-4 on characters (nltk, smoothing method 3), x100, averaged.
+
+    This is the definition of ChatGLM's ptuning/main.py, so numbers compare with the ones published for it.
+    An empty prediction or reference scores 0 (rouge_chinese would raise "Hypothesis is empty").
+    """
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    rouge, smoothing = Rouge(), SmoothingFunction().method3
+    scores = {"rouge-1": [], "rouge-2": [], "rouge-l": [], "bleu-4": []}
+    for prediction, reference in zip(predictions, references, strict=True):
+        prediction, reference = prediction.strip(), reference.strip()
+        hypothesis_words = " ".join(w for w in jieba.cut(prediction) if w.strip())
+        reference_words = " ".join(w for w in jieba.cut(reference) if w.strip())
+        if not hypothesis_words or not reference_words:
+            for values in scores.values():
+                values.append(0.0)
+            continue
+        result = rouge.get_scores(hypothesis_words, reference_words)[0]
+        for key in ("rouge-1", "rouge-2", "rouge-l"):
+            scores[key].append(round(result[key]["f"] * 100, 4))  # ChatGLM rounds per sample, then averages
+        bleu = sentence_bleu([list(reference)], list(prediction), smoothing_function=smoothing)
+        scores["bleu-4"].append(round(bleu * 100, 4))
+    return {key: round(float(np.mean(values)), 4) if values else 0.0 for key, values in scores.items()}

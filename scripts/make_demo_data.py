@@ -470,6 +470,137 @@ def make_multilabel_data(
         _write_csv(out_dir / f"{split}.csv", ["text", "labels"], [[t, "|".join(labels)] for t, labels in examples])
 
 
+# ---------------------------------------------------------------------------
+# Prompt -> response data and tiny generative models (run_seq2seq_ptuning.py)
+# ---------------------------------------------------------------------------
+
+ADGEN_ATTRIBUTES = {
+    "类型": ("连衣裙", "衬衫", "卫衣", "外套", "半身裙", "牛仔裤", "针织衫", "风衣"),
+    "颜色": ("红色", "白色", "黑色", "蓝色", "粉色", "绿色", "黄色", "灰色"),
+    "风格": ("复古", "简约", "甜美", "休闲", "优雅", "通勤"),
+    "图案": ("碎花", "条纹", "格子", "纯色", "印花", "波点"),
+    "材质": ("棉", "雪纺", "牛仔", "针织", "真丝", "羊毛"),
+}
+# one fixed phrase per style, so a tiny model can learn attribute -> wording
+STYLE_PHRASES = {
+    "复古": "带来浓浓的怀旧气息",
+    "简约": "干净利落不失格调",
+    "甜美": "穿出少女的甜美感",
+    "休闲": "日常出行轻松自在",
+    "优雅": "尽显知性优雅气质",
+    "通勤": "上班穿也得体大方",
+}
+
+
+def _adgen_example(rng: random.Random) -> dict:
+    """An ADGEN-style pair: '类型#连衣裙*颜色#红色*...' -> a short ad copy that mentions every attribute."""
+    attrs = {key: rng.choice(values) for key, values in ADGEN_ATTRIBUTES.items()}
+    keys = ["类型", *rng.sample(["颜色", "风格", "图案", "材质"], k=rng.choice((2, 3, 4)))]
+    content = "*".join(f"{k}#{attrs[k]}" for k in keys)
+    parts = [f"这款{attrs['颜色'] if '颜色' in keys else ''}{attrs['类型']}"]
+    if "材质" in keys:
+        parts.append(f"采用{attrs['材质']}面料")
+    if "图案" in keys:
+        parts.append(f"{attrs['图案']}设计")
+    if "风格" in keys:
+        parts.append(f"{attrs['风格']}风格{STYLE_PHRASES[attrs['风格']]}")
+    return {"content": content, "summary": "，".join(parts) + "。"}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def make_adgen_data(out_dir, n_train=800, n_validation=100, n_test=100, seed=42) -> None:
+    """ADGEN-shaped attribute -> ad-copy data (content / summary, JSON lines), prompts unique across splits."""
+    rng, seen = random.Random(seed), set()
+    splits = {"train": n_train, "validation": n_validation, "test": n_test}
+    for split, n in splits.items():
+        rows = []
+        while len(rows) < n:
+            row = _adgen_example(rng)
+            if row["content"] not in seen:
+                seen.add(row["content"])
+                rows.append(row)
+        _write_jsonl(Path(out_dir) / f"{split}.jsonl", rows)
+
+
+CHAT_ITEMS = ("连衣裙", "运动鞋", "背包", "手机壳", "台灯", "保温杯", "耳机", "围巾")
+CHAT_PRICES = dict(zip(CHAT_ITEMS, (199, 259, 129, 29, 89, 59, 399, 69)))  # fixed, so the answer is learnable
+
+
+def _chat_example(rng: random.Random) -> dict:
+    """A shopping-assistant dialogue whose last answer needs the earlier turns (which item, which colour)."""
+    item, colour = rng.choice(CHAT_ITEMS), rng.choice(ADGEN_ATTRIBUTES["颜色"])
+    price = CHAT_PRICES[item]
+    history = [[f"我想买一个{colour}的{item}", f"好的，{colour}{item}有货，请问还有什么需要？"]]
+    if rng.random() < 0.5:
+        history.append(["能包邮吗？", "满九十九元包邮。"])
+    prompt = rng.choice(("它多少钱？", "价格是多少？", "这个卖多少钱？"))
+    return {"prompt": prompt, "response": f"{colour}{item}的价格是{price}元。", "history": history}
+
+
+def make_chat_data(out_dir, n_train=300, n_validation=50, seed=42) -> None:
+    """Multi-turn chat data (prompt / response / history, JSON lines) in ChatGLM's format."""
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("validation", n_validation)):
+        _write_jsonl(Path(out_dir) / f"{split}.jsonl", [_chat_example(rng) for _ in range(n)])
+
+
+def build_tiny_decoder(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A tiny Llama causal LM with the char tokenizer (no eos: like BERT-vocabulary Chinese GPT-2s).
+
+    Llama, not Qwen2: transformers 5 ignores a Qwen2 checkpoint's declared tokenizer class and loads Qwen2's own.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def build_tiny_t5(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A tiny T5 encoder-decoder with the char tokenizer; decoding starts from the pad token, as in T5."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_ff=128,
+        d_kv=16,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = T5ForConditionalGeneration(config)
+    model.generation_config.decoder_start_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -499,6 +630,14 @@ def main(argv: list[str] | None = None) -> None:
     make_multilabel_data(out / "data" / "multilabel", **multilabel_sizes)
     sizes = ", ".join(f"{k[2:]}={v}" for k, v in multilabel_sizes.items())
     print(f"multilabel  -> {out / 'data' / 'multilabel'} ({sizes})")
+
+    build_tiny_decoder(out / "models" / "llama-tiny-sft-zh", tokenizer)
+    build_tiny_t5(out / "models" / "t5-tiny-zh", tokenizer)
+    print(f"tiny Llama, T5 -> {out / 'models'}")
+    adgen_sizes = {"n_train": 200, "n_validation": 40, "n_test": 40} if args.small else {}
+    make_adgen_data(out / "data" / "adgen", **adgen_sizes)
+    make_chat_data(out / "data" / "chat", **({"n_train": 60, "n_validation": 20} if args.small else {}))
+    print(f"adgen, chat -> {out / 'data'}")
 
     print(f"done in {time.perf_counter() - start:.1f}s")
 

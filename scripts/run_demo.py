@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# task, script, argument file, metrics to show (as named in all_results.json)
+# task, script, argument file, metrics to show (as named in all_results.json), and optionally the flags of an
+# evaluation of the untrained model, so the table shows the score before and after training
 TASKS = [
     (
         "classification",
@@ -29,6 +30,13 @@ TASKS = [
         "run_classification.py",
         "examples/classification_multilabel_demo.yaml",
         ["eval_micro_f1", "eval_macro_f1"],
+    ),
+    (
+        "seq2seq (full fine-tuning)",
+        "run_seq2seq_ptuning.py",
+        "examples/seq2seq_demo.json",
+        ["eval_rouge-l", "eval_bleu-4"],
+        ["--do_train", "false", "--do_predict", "false"],
     ),
 ]
 
@@ -44,28 +52,45 @@ def output_dir_of(config: Path) -> Path:
     return ROOT / values["output_dir"]
 
 
-def run_task(task: str, script: str, config: str) -> tuple[dict, float, Path]:
+def run_task(task: str, script: str, config: str, extra: list[str] = ()) -> tuple[dict, float, Path]:
     """Run one demo; return its metrics, wall time and output_dir. Exit with the log's tail if it fails."""
-    log = ROOT / "outputs" / f"{task}.log"
+    output_dir = output_dir_of(ROOT / config)
+    if extra:  # the untrained evaluation writes next to the real run
+        output_dir = output_dir.with_name(output_dir.name + "_untrained")
+        extra = [*extra, "--output_dir", str(output_dir.relative_to(ROOT))]
+    name = task.split(" ")[0] + ("_untrained" if extra else "")
+    log = ROOT / "outputs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"==> {task}: python {script} {config}   (log: {log.relative_to(ROOT)})", flush=True)
+    command = [sys.executable, script, config, *extra]
+    print(f"==> {task}: python {' '.join(command[1:])}   (log: {log.relative_to(ROOT)})", flush=True)
     start = time.time()
     with open(log, "w", encoding="utf-8") as f:
-        code = subprocess.call([sys.executable, script, config], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     seconds = time.time() - start
     if code != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-30:]
         sys.exit(f"{task} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
-    output_dir = output_dir_of(ROOT / config)
     return json.loads((output_dir / "all_results.json").read_text(encoding="utf-8")), seconds, output_dir
 
 
 def main(argv=None) -> None:
     words = sys.argv[1:] if argv is None else argv
     rows = []
-    for task, script, config, shown in TASKS:
+    for task, script, config, shown, *untrained in TASKS:
         if words and not any(w in task for w in words):
             continue
+        if untrained:
+            metrics, seconds, output_dir = run_task(task, script, config, untrained[0])
+            for name in shown:
+                rows.append(
+                    (
+                        task,
+                        f"{name} (untrained)",
+                        f"{metrics[name]:.4f}",
+                        f"{seconds:.0f}",
+                        str(output_dir.relative_to(ROOT)),
+                    )
+                )
         metrics, seconds, output_dir = run_task(task, script, config)
         for name in shown:
             rows.append((task, name, f"{metrics[name]:.4f}", f"{seconds:.0f}", str(output_dir.relative_to(ROOT))))

@@ -15,7 +15,7 @@ SCRIPTS = sorted(p.stem for p in ROOT.glob("run_*.py"))
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 LAUNCHERS = sorted((ROOT / "scripts").glob("*.sh"))
 # examples/<prefix>_*.json belongs to run_<script>.py
-SCRIPT_OF_PREFIX = {"classification": "run_classification"}
+SCRIPT_OF_PREFIX = {"classification": "run_classification", "seq2seq": "run_seq2seq_ptuning"}
 
 
 def script_for(config: Path) -> str:
@@ -63,5 +63,5 @@ def test_launcher_command_parses(launcher, num_gpus):
     position = next(i for i, token in enumerate(command) if token.endswith(".py"))
     module = importlib.import_module(Path(command[position]).stem)
     argv = [a for a in command[position + 1 :] if a not in ("--bf16", "--fp16")]
-    parsed = parse_args(module.ARGUMENT_CLASSES, argv)
-    assert parsed[-1].do_train
+    training_args = parse_args(module.ARGUMENT_CLASSES, argv)[-1]
+    assert training_args.do_train or training_args.do_eval or training_args.do_predict

@@ -1,0 +1,338 @@
+"""run_seq2seq_ptuning.py: prompt building with literal ids, ChatGLM metrics, and end-to-end P-Tuning / LoRA / full."""
+
+import doctest
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+import collators
+import run_seq2seq_ptuning as s2s
+from metrics import rouge_bleu, strip_tokenizer_spaces
+from trainer_seq2seq import decode_generations, stop_token_ids
+
+
+class CharTokenizer:
+    """Each character is its code point: prompt ids can be written down literally."""
+
+    bos_token_id, eos_token_id, chat_template = None, 2, None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def ids(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+# ---- prompt building, truncation, label masking ---------------------------------------------------------------
+
+
+def test_chatglm2_prompt_format():
+    assert s2s.chatglm2_prompt("你好", []) == "[Round 1]\n\n问：你好\n\n答："
+    assert s2s.chatglm2_prompt("多少钱？", [("有红色吗", "有的")]) == (
+        "[Round 1]\n\n问：有红色吗\n\n答：有的\n\n[Round 2]\n\n问：多少钱？\n\n答："
+    )
+
+
+def test_prompt_and_response_ids_with_literal_ids():
+    builder = s2s.PromptBuilder(CharTokenizer(), "广告：", 100, 6, encoder_decoder=False)
+    prompt, dropped, cut = builder.prompt_ids("裙", [])
+    assert prompt == ids("广告：[Round 1]\n\n问：裙\n\n答：") and (dropped, cut) == (0, False)
+    response, truncated = builder.response_ids("红色连衣裙很好看")
+    # max_target_length 6 includes the eos (id 2): five response characters survive
+    assert response == [*ids("红色连衣裙"), 2] and truncated
+    assert s2s.training_features(prompt, response)["labels"] == [-100] * len(prompt) + response
+
+
+def test_history_is_cut_oldest_turn_first():
+    history = [("第一问", "第一答"), ("第二问", "第二答")]
+    newest_only = s2s.chatglm2_prompt("第三问", history[1:])
+    builder = s2s.PromptBuilder(CharTokenizer(), "", len(newest_only), 8, encoder_decoder=False)
+    prompt, dropped, cut = builder.prompt_ids("第三问", history)
+    assert prompt == ids(newest_only) and dropped == 1 and not cut
+
+
+def test_an_overlong_prompt_keeps_its_end():
+    builder = s2s.PromptBuilder(CharTokenizer(), "", 6, 8, encoder_decoder=False)
+    prompt, dropped, cut = builder.prompt_ids("一二三四五六七八九", [("早先的问题", "早先的回答")])
+    # every turn is dropped, then the start of the prompt: the question's end and "答：" remain
+    assert prompt == ids("八九\n\n答：") and dropped == 1 and cut
+
+
+def test_read_history():
+    assert s2s.read_history(None) == []
+    assert s2s.read_history([["问", "答"]]) == [("问", "答")]
+    assert s2s.read_history('[["问", "答"]]') == [("问", "答")]  # csv cells hold JSON text
+    assert s2s.read_history([["只有问题"]]) is None
+    assert s2s.read_history("not json") is None
+
+
+def test_chat_template_prompt_and_end_tokens(demo_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    builder = s2s.PromptBuilder(tokenizer, "", 200, 50, encoder_decoder=False)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert builder.use_template and builder.end_ids == [im_end]
+    text = builder.prompt_text("多少钱", [("有红色吗", "有的")])
+    assert text == (
+        "<|im_start|>user\n有红色吗<|im_end|>\n<|im_start|>assistant\n有的<|im_end|>\n"
+        "<|im_start|>user\n多少钱<|im_end|>\n<|im_start|>assistant\n"
+    )
+    response, _ = builder.response_ids("九十九元")
+    assert response[-1] == im_end
+    assert im_end in stop_token_ids(tokenizer) and tokenizer.eos_token_id in stop_token_ids(tokenizer)
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------
+
+
+def test_rouge_bleu_hand_computed():
+    # words a b c d vs a b c e: ROUGE-1 F = 3/4, ROUGE-2 = 2/3 (ab, bc of 3 bigrams), ROUGE-L = LCS 3/4.
+    # BLEU-4 on the 7 characters (spaces included, as ChatGLM): p1..p4 = 6/7, 5/6, 4/5, 3/4, no brevity
+    # penalty -> (3/7) ** (1/4) = 0.80911
+    scores = rouge_bleu(["a b c d"], ["a b c e"])
+    assert scores == {"rouge-1": 75.0, "rouge-2": 66.6667, "rouge-l": 75.0, "bleu-4": pytest.approx(80.9107, abs=1e-3)}
+    assert math.isclose((3 / 7) ** 0.25 * 100, 80.9107, abs_tol=1e-3)
+
+
+def test_rouge_bleu_identical_empty_and_mean():
+    same = rouge_bleu(["这款连衣裙很好看。"], ["这款连衣裙很好看。"])
+    assert same == {"rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0, "bleu-4": 100.0}
+    assert rouge_bleu([""], ["参考答案"]) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu-4": 0.0}
+    assert rouge_bleu(["答案"], ["   "])["rouge-l"] == 0.0
+    # the mean over samples: one perfect, one empty
+    assert rouge_bleu(["这款连衣裙很好看。", ""], ["这款连衣裙很好看。", "有"])["rouge-1"] == 50.0
+
+
+def test_decoding_handles_minus_100_and_tokenizer_spaces(demo_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
+    row = tokenizer("红色连衣裙 new york", add_special_tokens=False)["input_ids"]
+    texts = decode_generations(tokenizer, torch.tensor([row + [-100, -100], [-100] * (len(row) + 2)]))
+    assert texts == ["红色连衣裙new york", ""]
+    assert strip_tokenizer_spaces("这 款 ， 好 看 。") == "这款，好看。"
+
+
+def test_docstring_examples():
+    for module in (collators, s2s):
+        assert doctest.testmod(module).failed == 0
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def run(demo_dir, output_dir, *extra, model="llama-tiny-sft-zh", data="adgen", **overrides) -> dict:
+    """run_seq2seq_ptuning.main on the demo ADGEN data with small settings."""
+    folder = demo_dir / "data" / data
+    args = {
+        "model_name_or_path": demo_dir / "models" / model if "/" not in str(model) else model,
+        "train_file": folder / "train.jsonl",
+        "validation_file": folder / "validation.jsonl",
+        "output_dir": output_dir,
+        "max_source_length": 64,
+        "max_target_length": 48,
+        "max_train_samples": 400,
+        "max_eval_samples": 24,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 24,
+        "learning_rate": 3e-3,
+        "num_train_epochs": 4,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 42,
+    }
+    args.update(overrides)
+    argv = []
+    for key, value in args.items():
+        if value is not None:
+            argv += [f"--{key}", str(value)]
+    return s2s.main([*argv, *extra])
+
+
+@pytest.fixture(scope="module")
+def lm_base(demo_dir, tmp_path_factory):
+    """A 'pre-trained' tiny Llama: it has learned the ad copy's language from a constant prompt, not the task.
+
+    P-Tuning and LoRA steer a pre-trained model; on random weights there is nothing to steer.
+    """
+    rows = [json.loads(line) for line in (demo_dir / "data" / "adgen" / "train.jsonl").read_text("utf-8").splitlines()]
+    data = tmp_path_factory.mktemp("lm_data")
+    with open(data / "train.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({"content": "写一段服装广告", "summary": row["summary"]}, ensure_ascii=False) + "\n")
+    output_dir = tmp_path_factory.mktemp("lm_base")
+    s2s.main(
+        [
+            "--model_name_or_path", str(demo_dir / "models" / "llama-tiny-sft-zh"),
+            "--train_file", str(data / "train.jsonl"), "--output_dir", str(output_dir), "--do_train",
+            "--max_source_length", "16", "--max_target_length", "48", "--num_train_epochs", "3",
+            "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--save_strategy", "no",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    return output_dir
+
+
+def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
+    before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate")
+    after = run(
+        demo_dir,
+        tmp_path / "full",
+        "--do_train", "--do_eval", "--do_predict", "--predict_with_generate",
+        test_file=demo_dir / "data" / "adgen" / "test.jsonl",
+        max_predict_samples=24,
+        train_sampling_strategy="group_by_length",
+    )  # fmt: skip
+    assert after["eval_loss"] < before["eval_loss"] - 3
+    assert after["eval_rouge-l"] > before["eval_rouge-l"] + 30
+    lines = [
+        json.loads(x) for x in (tmp_path / "full" / "generated_predictions.jsonl").read_text("utf-8").splitlines()
+    ]
+    test_rows = [json.loads(x) for x in (demo_dir / "data" / "adgen" / "test.jsonl").read_text("utf-8").splitlines()]
+    assert [x["prompt"] for x in lines] == [r["content"] for r in test_rows[:24]]
+    assert [x["label"] for x in lines] == [r["summary"] for r in test_rows[:24]]
+    # the file's predictions, rescored, give the reported metric: rows are paired correctly
+    rescored = rouge_bleu([x["predict"] for x in lines], [x["label"] for x in lines])
+    assert rescored["rouge-l"] == pytest.approx(after["predict_rouge-l"], abs=0.5)
+
+
+@pytest.mark.parametrize("method", ["ptuning", "lora"])
+def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, demo_dir, tmp_path):
+    from safetensors import safe_open
+
+    test_file = demo_dir / "data" / "adgen" / "test.jsonl"
+    common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16}
+    if method == "lora":
+        common.pop("pre_seq_len")
+    base = run(
+        demo_dir, tmp_path / "base", "--do_eval", "--predict_with_generate", **dict(common, finetuning_type="full")
+    )
+    trained = run(
+        demo_dir,
+        tmp_path / method,
+        "--do_train", "--do_eval", "--do_predict",
+        test_file=test_file, max_predict_samples=12, **common,
+    )  # fmt: skip
+    # the base already writes fluent ad copy; the adapters teach it to follow the attributes
+    assert trained["eval_loss"] < 0.8 * base["eval_loss"]
+    assert trained["eval_rouge-l"] > base["eval_rouge-l"] + 5
+
+    out = tmp_path / method
+    assert not (out / "model.safetensors").exists()
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == {"ptuning": "PREFIX_TUNING", "lora": "LORA"}[method]
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+        n_saved = sum(f.get_tensor(k).numel() for k in keys)
+    assert all(("prompt_encoder" in k) if method == "ptuning" else ("lora_" in k) for k in keys)
+    with safe_open(lm_base / "model.safetensors", "pt") as f:
+        n_model = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
+    assert n_saved < 0.05 * n_model  # only the prefix / the adapters, not a copy of the model
+
+    # reloading through --ptuning_checkpoint reproduces the greedy predictions
+    reloaded = tmp_path / "reloaded"
+    run(
+        demo_dir, reloaded, "--do_predict", model=str(lm_base), test_file=test_file, max_predict_samples=12,
+        ptuning_checkpoint=out, train_file=None, validation_file=None,
+    )  # fmt: skip
+    assert (reloaded / "generated_predictions.jsonl").read_text("utf-8") == (
+        out / "generated_predictions.jsonl"
+    ).read_text("utf-8")
+    if method == "ptuning":  # a checkpoint never loads silently under other settings
+        with pytest.raises(ValueError, match="trained with pre_seq_len 16, not 8"):
+            run(demo_dir, tmp_path / "x", "--do_predict", model=str(lm_base), test_file=test_file, ptuning_checkpoint=out,
+                finetuning_type="ptuning", pre_seq_len=8, train_file=None, validation_file=None)  # fmt: skip
+    if method == "lora":
+        from merge_lora import merge_lora
+
+        merged = merge_lora(str(out), str(tmp_path / "merged"), base_model=str(lm_base))
+        again = tmp_path / "from_merged"
+        run(demo_dir, again, "--do_predict", model=merged, test_file=test_file, max_predict_samples=12,
+            train_file=None, validation_file=None)  # fmt: skip
+        assert (again / "generated_predictions.jsonl").read_text("utf-8") == (
+            out / "generated_predictions.jsonl"
+        ).read_text("utf-8")
+
+
+def test_encoder_decoder_learns(demo_dir, tmp_path):
+    before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate", model="t5-tiny-zh")
+    after = run(
+        demo_dir, tmp_path / "t5", "--do_train", "--do_eval", "--predict_with_generate", model="t5-tiny-zh",
+        num_train_epochs=5,
+    )  # fmt: skip
+    assert after["eval_loss"] < before["eval_loss"] - 2
+    assert after["eval_rouge-l"] > before["eval_rouge-l"] + 20
+
+
+def test_multi_turn_history_and_truncation_counts(demo_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        results = run(
+            demo_dir, tmp_path / "chat", "--do_train", "--do_eval", "--predict_with_generate", data="chat",
+            max_source_length=40, max_steps=2,
+        )  # fmt: skip
+    assert "eval_rouge-l" in results
+    assert any("turns dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_seed_argument_file_from_chatglm_runs(demo_dir, tmp_path, caplog):
+    """The walkthrough's ptuning args: lora_r, model_parallel_mode, a duplicated output_dir, overwrite_output_dir."""
+    data = demo_dir / "data" / "adgen"
+    text = f"""{{
+        "do_train": true,
+        "train_file": "{data / "train.jsonl"}",
+        "validation_file": "{data / "validation.jsonl"}",
+        "preprocessing_num_workers": 2,
+        "prompt_column": "content",
+        "response_column": "summary",
+        "overwrite_cache": true,
+        "model_name_or_path": "{demo_dir / "models" / "llama-tiny-sft-zh"}",
+        "output_dir": "{tmp_path / "first"}",
+        "overwrite_output_dir": true,
+        "max_source_length": 64,
+        "max_target_length": 128,
+        "per_device_train_batch_size": 1,
+        "per_device_eval_batch_size": 1,
+        "gradient_accumulation_steps": 16,
+        "predict_with_generate": true,
+        "max_steps": 3000,
+        "logging_steps": 10,
+        "save_steps": 100,
+        "learning_rate": 2e-5,
+        "lora_r": 32,
+        "model_parallel_mode": true,
+        "output_dir": "{tmp_path / "out"}"
+    }}"""
+    path = tmp_path / "ptuning_args.json"
+    path.write_text(text, encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        results = s2s.main([str(path), "--max_steps", "2", "--report_to", "none"])
+    assert results["train_samples"] == 800 and (tmp_path / "out" / "trainer_state.json").exists()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "Key `output_dir` appears twice" in messages
+    assert "`overwrite_output_dir`" in messages and "--resume_from_checkpoint" in messages
+    assert "LoRA settings are ignored" in messages
+
+
+def test_argument_errors(demo_dir, tmp_path):
+    with pytest.raises(ValueError, match="cannot be combined with --gradient_checkpointing"):
+        run(demo_dir, tmp_path, "--do_train", "--gradient_checkpointing", finetuning_type="ptuning")
+    with pytest.raises(ValueError, match="--quantization_bit needs a CUDA GPU"):
+        run(demo_dir, tmp_path, "--do_train", finetuning_type="lora", quantization_bit=4)
+    with pytest.raises(
+        ValueError, match=r"--ptuning_checkpoint '.*' has no adapter_config.json \(it holds: config.json"
+    ):
+        run(demo_dir, tmp_path, "--do_eval", ptuning_checkpoint=demo_dir / "models" / "llama-tiny-sft-zh")
+    with pytest.raises(ValueError, match=r"`--prompt_column` 'question_text' is not a column .*columns are: content"):
+        run(demo_dir, tmp_path, "--do_train", prompt_column="question_text")

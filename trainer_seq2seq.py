@@ -1,0 +1,115 @@
+"""A small Seq2SeqTrainer subclass that evaluates decoder-only models by generation too.
+
+The stock trainer runs `model(**inputs)` on the generation batch and returns prompt + generation.
+For a decoder-only model whose eval inputs are the prompt alone and whose labels are the answer
+alone, that crashes (batch-size mismatch). Here, decoder-only eval batches carry both forms:
+`input_ids`/`labels` (prompt + answer, teacher-forced: gives eval_loss) and `prompt_ids`
+(left-padded prompt: what `generate` continues). The prompt is cut off the generated ids.
+Encoder-decoder models keep the stock behaviour.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import GenerationConfig
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+from mechanics import FileOrderEvaluation
+
+logger = logging.getLogger(__name__)
+
+# Tokens that end an assistant turn in common chat templates (Qwen, Llama 3, GLM-4, Phi, Mistral, Baichuan...)
+CHAT_END_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|user|>",
+    "<|observation|>",
+    "<|end|>",
+    "</s>",
+    "<eos>",
+    "<end_of_turn>",
+)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """eos plus every chat end-of-turn token the vocabulary has, so generation stops at the end of an answer."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in CHAT_END_TOKENS if token in vocab]
+    return list(dict.fromkeys(ids))
+
+
+def build_generation_config(gen_args, tokenizer, model, default_max_new_tokens: int) -> GenerationConfig:
+    """Greedy unless --do_sample / --num_beams say otherwise; stops at eos and chat end tokens."""
+    config = GenerationConfig(
+        max_new_tokens=gen_args.max_new_tokens or default_max_new_tokens,
+        num_beams=gen_args.num_beams,
+        do_sample=gen_args.do_sample,
+        repetition_penalty=gen_args.repetition_penalty,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if gen_args.do_sample:  # set only when sampling: greedy with a temperature set is a warning in transformers
+        config.temperature, config.top_p, config.top_k = gen_args.temperature, gen_args.top_p, gen_args.top_k
+    if model.config.is_encoder_decoder:
+        config.decoder_start_token_id = model.config.decoder_start_token_id
+    return config
+
+
+class Seq2SeqTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
+    """Generation eval for decoder-only and encoder-decoder models, with the given generation settings."""
+
+    def __init__(self, *args, generation_config: GenerationConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_settings = generation_config
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self.generation_settings is not None and not gen_kwargs:
+            gen_kwargs = {"generation_config": self.generation_settings}
+        if "prompt_ids" not in inputs:  # encoder-decoder, or a teacher-forced-only eval set
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+        inputs = dict(inputs)
+        prompt_ids = inputs.pop("prompt_ids")
+        prompt_mask = inputs.pop("prompt_attention_mask")
+        references = inputs.pop("reference_ids", None)
+        loss = None
+        if "labels" in inputs:
+            loss, _, _ = transformers.Trainer.prediction_step(
+                self, model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys
+            )
+        if prediction_loss_only or not self.args.predict_with_generate:
+            return loss, None, None
+
+        device = self.args.device
+        # every rank must keep calling forward until all are done, or ZeRO-3's parameter gathering hangs
+        gen_kwargs.setdefault("synced_gpus", is_deepspeed_zero3_enabled())
+        with torch.no_grad():
+            generated = self.model.generate(
+                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), **gen_kwargs
+            )
+        generated = generated[:, prompt_ids.shape[1] :]
+        return loss, generated, references.to(device) if references is not None else None
+
+
+def decode_generations(tokenizer, token_ids) -> list[str]:
+    """Token ids (with -100 padding from the eval loop) -> clean texts without special tokens."""
+    from metrics import strip_tokenizer_spaces
+
+    ids = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = [[pad if i < 0 else i for i in row] for row in ids]
+    return [strip_tokenizer_spaces(t) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def write_generated_predictions(path: str | Path, prompts: list[str], predictions: list[str], labels: list) -> None:
+    """generated_predictions.jsonl: one {"prompt", "predict", "label"} object per line (UTF-8, Chinese unescaped)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for prompt, predict, label in zip(prompts, predictions, labels, strict=True):
+            f.write(json.dumps({"prompt": prompt, "predict": predict, "label": label}, ensure_ascii=False) + "\n")
+    logger.info("%d generated predictions written to %s", len(predictions), path)
