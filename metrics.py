@@ -3,6 +3,8 @@
 Every function takes plain numpy arrays / lists so it can be checked on hand-computed examples.
 """
 
+import math
+
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
@@ -75,3 +77,33 @@ def classification_report(
     else:
         report["confusion_matrix"] = sklearn_confusion_matrix(labels, predictions, labels=ids).tolist()
     return report
+
+
+# ---- causal language modelling (run_clm.py) ------------------------------------------------------------------
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean cross-entropy per token); inf where that overflows (an untrained model can get there).
+
+    >>> perplexity(0.0), round(perplexity(2.0), 4)
+    (1.0, 7.3891)
+    """
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def next_token_accuracy(predictions: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> float:
+    """Share of positions whose predicted id (argmax at t) equals the next token (label at t+1).
+
+    Labels are the unshifted input ids, as the model receives them; positions labelled `ignore_index` don't count.
+
+    >>> next_token_accuracy(np.array([[5, 6, 9, 0]]), np.array([[4, 5, 6, 7]]))
+    0.6667
+    """
+    predictions, labels = np.asarray(predictions)[:, :-1], np.asarray(labels)[:, 1:]
+    counted = labels != ignore_index
+    if not counted.any():
+        return 0.0
+    return round(float((predictions[counted] == labels[counted]).mean()), 4)
