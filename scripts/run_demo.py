@@ -30,6 +30,12 @@ TASKS = [
         "examples/classification_multilabel_demo.yaml",
         ["eval_micro_f1", "eval_macro_f1"],
     ),
+    (
+        "clm",
+        "run_clm.py",
+        "examples/clm_demo.json",
+        ["eval_perplexity_before", "eval_perplexity", "eval_token_accuracy"],
+    ),
 ]
 
 
