@@ -142,12 +142,12 @@ class DocumentEncoder:
             self.use_backend = False
             if getattr(self.tokenizer, "is_fast", False) and texts:
                 sample = texts[:16]
-                reference = self.tokenizer(sample, add_special_tokens=False)["input_ids"]
+                reference = self.tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"]
                 self.use_backend = reference == self._backend_ids(sample)
         if self.use_backend:
             return self._backend_ids(texts)
         return self.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
         )["input_ids"]
 
     def _backend_ids(self, texts: list[str]) -> list[list[int]]:
