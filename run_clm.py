@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -516,20 +517,72 @@ def log_build(arg_name: str, stats: dict, block_size: int, target: Path) -> None
             )
 
 
-class StreamingPacker:
-    """`IterableDataset.map` function: a batch of documents in, full blocks out, the remainder carried over."""
+class StreamedBlocks(torch.utils.data.IterableDataset):
+    """Training blocks for --streaming: documents read in file order, shuffled in a buffer, packed on the fly.
 
-    def __init__(self, encoder: DocumentEncoder, block_size: int, text_column: str):
-        self.encoder, self.packer, self.text_column = encoder, BlockPacker(block_size), text_column
-        self.empty_documents = 0
+    Memory holds one buffer of documents and one tokenizer batch, however large the corpus. The first
+    `skip_documents` non-empty documents are skipped (they are the held-out evaluation set). DataLoader
+    workers take every n-th document each, so none is read twice.
+    """
 
-    def __call__(self, batch: dict) -> dict:
-        documents = [d for d in map(as_document, batch[self.text_column]) if d is not None]
-        skipped = len(batch[self.text_column]) - len(documents)
-        if skipped and not self.empty_documents:
-            logger.warning("Skipping empty or missing documents in the training stream (they are not counted).")
-        self.empty_documents += skipped
-        return {"input_ids": list(self.packer.add(self.encoder(documents)))}
+    def __init__(self, files, arg_name, text_column, encoding, encoder, block_size, skip_documents=0,
+                 shuffle_buffer_size=0, seed=0, max_blocks=None):  # fmt: skip
+        super().__init__()
+        self.files, self.arg_name, self.text_column, self.encoding = files, arg_name, text_column, encoding
+        self.encoder, self.block_size, self.skip_documents = encoder, block_size, skip_documents
+        self.shuffle_buffer_size, self.seed, self.max_blocks, self.epoch = shuffle_buffer_size, seed, max_blocks, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer: a new shuffle order per pass
+        self.epoch = epoch
+
+    def documents(self):
+        worker = torch.utils.data.get_worker_info()
+        share, n_shares = (worker.id, worker.num_workers) if worker else (0, 1)
+        reader = open_document_stream(self.files, self.encoding, self.arg_name).select_columns([self.text_column])
+        index = empty = 0
+        try:
+            for batch in reader.iter(batch_size=DOCUMENTS_PER_BATCH):
+                for document in map(as_document, batch[self.text_column]):
+                    if document is None:
+                        if not empty:
+                            logger.warning("Skipping empty or missing documents of --%s.", self.arg_name)
+                        empty += 1
+                        continue
+                    index += 1
+                    if index > self.skip_documents and index % n_shares == share:
+                        yield document
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise read_error(exc, self.files, self.arg_name, self.encoding) from exc
+
+    def shuffled(self, documents):
+        if self.shuffle_buffer_size < 2:
+            yield from documents
+            return
+        rng, buffer = random.Random(self.seed * 100_003 + self.epoch), []
+        for document in documents:
+            if len(buffer) < self.shuffle_buffer_size:
+                buffer.append(document)
+                continue
+            slot = rng.randrange(len(buffer))
+            yield buffer[slot]
+            buffer[slot] = document
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self):
+        packer, batch, produced = BlockPacker(self.block_size), [], 0
+        for document in chain(self.shuffled(self.documents()), [None]):
+            if document is not None:
+                batch.append(document)
+            if len(batch) == DOCUMENTS_PER_BATCH or (document is None and batch):
+                for block in packer.add(self.encoder(batch)):
+                    if self.max_blocks is not None and produced >= self.max_blocks:
+                        return
+                    produced += 1
+                    yield {"input_ids": block}
+                batch = []
 
 
 def pack_in_memory(documents: list[str], encoder: DocumentEncoder, block_size: int, what: str) -> datasets.Dataset:
@@ -800,21 +853,20 @@ def main(argv=None) -> dict:
                 processed["validation"] = parts["heldout"]
     if clm_args.streaming and "train" in sources:
         files, arg_name = sources["train"]
-        stream = open_document_stream(files, data_args.file_encoding, arg_name).select_columns([text_columns["train"]])
+        skip = 0
         if hold_out:
-            n = clm_args.streaming_validation_documents
-            documents = [d for d in map(as_document, (row[text_columns["train"]] for row in stream.take(n))) if d]
-            what = f"The first {n} documents of --train_file, held out for evaluation,"
+            skip = clm_args.streaming_validation_documents
+            reader = StreamedBlocks(
+                files, arg_name, text_columns["train"], data_args.file_encoding, encoder, block_size
+            )
+            documents = list(islice(reader.documents(), skip))
+            what = f"The first {skip} documents of --train_file, held out for evaluation,"
             processed["validation"] = pack_in_memory(documents, encoder, block_size, what)
-            stream = stream.skip(n)
-            logger.info("Streaming: the first %d documents of --train_file are held out for evaluation.", n)
-        if clm_args.shuffle_buffer_size:
-            stream = stream.shuffle(seed=training_args.seed, buffer_size=clm_args.shuffle_buffer_size)
-        packer = StreamingPacker(encoder, block_size, text_columns["train"])
-        stream = stream.map(
-            packer, batched=True, batch_size=DOCUMENTS_PER_BATCH, remove_columns=[text_columns["train"]]
-        )
-        processed["train"] = stream.take(data_args.max_train_samples) if data_args.max_train_samples else stream
+            logger.info("Streaming: the first %d documents of --train_file are held out for evaluation.", skip)
+        processed["train"] = StreamedBlocks(
+            files, arg_name, text_columns["train"], data_args.file_encoding, encoder, block_size, skip,
+            clm_args.shuffle_buffer_size, training_args.seed, data_args.max_train_samples,
+        )  # fmt: skip
         if data_args.preprocessing_num_workers:
             logger.info("--streaming tokenizes on the fly: --preprocessing_num_workers is not used there.")
     elif "train" in processed:

@@ -155,9 +155,14 @@ def test_workers_and_streaming_give_the_same_blocks_as_one_process(demo_dir, cha
         assert stats["main_dropped_tail_tokens"] < 64
         assert stats["main_tokens"] == stats["main_blocks"] * 64 + stats["main_dropped_tail_tokens"]
     np.testing.assert_array_equal(results[1], results[2])
-    stream = run_clm.open_document_stream(files, "utf-8", "train_file")
-    streamed = stream.map(run_clm.StreamingPacker(encoder, 64, "text"), batched=True, remove_columns=["text"])
+    streamed = run_clm.StreamedBlocks(files, "train_file", "text", "utf-8", encoder, 64)
     np.testing.assert_array_equal(np.array([row["input_ids"] for row in streamed]), results[1])
+    # shuffled, and with the first 100 documents held out: the same tokens in another order
+    shuffled = run_clm.StreamedBlocks(files, "train_file", "text", "utf-8", encoder, 64, 100, 500, seed=1)
+    shuffled = np.array([row["input_ids"] for row in shuffled])
+    assert 0 < len(results[1]) - len(shuffled) < 100 * 60 / 64
+    assert not np.array_equal(shuffled[:10], results[1][:10])
+    assert (shuffled == char_tokenizer.eos_token_id).sum() >= (results[1] == char_tokenizer.eos_token_id).sum() - 101
     # the blocks are the whole corpus, encoded in one go, cut every 64 tokens: no document boundary is lost
     documents = (demo_dir / "data" / "clm" / "train.txt").read_text(encoding="utf-8").splitlines()
     everything = encoder(documents)
