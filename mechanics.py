@@ -298,7 +298,9 @@ def train_evaluate_predict(
     if training_args.do_train:
         outcome = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
         trainer.save_model()
-        metrics = dict(outcome.metrics, train_samples=len(train_dataset))
+        metrics = dict(outcome.metrics)
+        if hasattr(train_dataset, "__len__"):  # a streamed (iterable) dataset has no length
+            metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

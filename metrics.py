@@ -4,6 +4,7 @@ Every function takes plain numpy arrays / lists so it can be checked on hand-com
 """
 
 import logging
+import math
 import re
 
 import numpy as np
@@ -124,3 +125,33 @@ def rouge_bleu(predictions: list[str], references: list[str]) -> dict:
         bleu = sentence_bleu([list(reference)], list(prediction), smoothing_function=smoothing)
         scores["bleu-4"].append(round(bleu * 100, 4))
     return {key: round(float(np.mean(values)), 4) if values else 0.0 for key, values in scores.items()}
+
+
+# ---- causal language modelling (run_clm.py) ------------------------------------------------------------------
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean cross-entropy per token); inf where that overflows (an untrained model can get there).
+
+    >>> perplexity(0.0), round(perplexity(2.0), 4)
+    (1.0, 7.3891)
+    """
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def next_token_accuracy(predictions: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> float:
+    """Share of positions whose predicted id (argmax at t) equals the next token (label at t+1).
+
+    Labels are the unshifted input ids, as the model receives them; positions labelled `ignore_index` don't count.
+
+    >>> next_token_accuracy(np.array([[5, 6, 9, 0]]), np.array([[4, 5, 6, 7]]))
+    0.6667
+    """
+    predictions, labels = np.asarray(predictions)[:, :-1], np.asarray(labels)[:, 1:]
+    counted = labels != ignore_index
+    if not counted.any():
+        return 0.0
+    return round(float((predictions[counted] == labels[counted]).mean()), 4)

@@ -601,6 +601,201 @@ def build_tiny_t5(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> No
     tokenizer.save_pretrained(str(out_dir))
 
 
+# ---------------------------------------------------------------------------
+# Causal-LM corpus: short templated documents (run_clm.py). Each family has a fixed
+# shape with varied slots, so a tiny GPT-2 learns it within a minute on a CPU.
+# ---------------------------------------------------------------------------
+
+CLM_CITIES = (
+    "北京",
+    "上海",
+    "广州",
+    "深圳",
+    "杭州",
+    "成都",
+    "武汉",
+    "西安",
+    "南京",
+    "重庆",
+    "天津",
+    "长沙",
+    "青岛",
+    "厦门",
+)
+CLM_WEATHER = {  # weather -> the advice that goes with it
+    "晴": ("注意防晒。", "适合户外活动。"),
+    "多云": ("适合出门散步。", "体感比较舒适。"),
+    "阴": ("空气有些潮湿。", "早晚注意加衣。"),
+    "小雨": ("出门记得带伞。", "路面湿滑，注意安全。"),
+    "大雨": ("尽量减少外出。", "出门记得带伞。"),
+    "雷阵雨": ("注意防范雷电。", "尽量减少外出。"),
+    "小雪": ("注意保暖。", "路面结冰，小心慢行。"),
+}
+CLM_NUMBERS = "一二三四五六七八九十"
+CLM_DISHES = {  # dish -> its main ingredients
+    "西红柿炒鸡蛋": ("西红柿", "鸡蛋"),
+    "青椒肉丝": ("青椒", "猪肉"),
+    "红烧排骨": ("排骨", "土豆"),
+    "麻婆豆腐": ("豆腐", "牛肉末"),
+    "蒜蓉西兰花": ("西兰花", "大蒜"),
+    "酸辣土豆丝": ("土豆", "干辣椒"),
+}
+CLM_STEPS = ("大火翻炒", "小火慢炖", "中火煎一下", "焯水备用")
+CLM_SEASONINGS = ("盐和酱油", "少许白糖", "生抽和醋", "葱花和香油")
+CLM_PEOPLE = ("妈妈", "爸爸", "同学", "朋友", "奶奶", "弟弟", "同事")
+CLM_PLACES = {  # place -> what one does there
+    "公园": ("散步", "放风筝", "骑自行车"),
+    "图书馆": ("看书", "写作业", "查资料"),
+    "超市": ("买菜", "买水果", "买零食"),
+    "海边": ("游泳", "捡贝壳", "看日落"),
+    "电影院": ("看电影", "吃爆米花"),
+}
+CLM_FEELINGS = ("玩得很开心", "觉得很充实", "收获很大", "度过了愉快的一天", "有点累但是很高兴")
+CLM_MEETINGS = ("全体员工大会", "项目进度会", "安全培训", "年终总结会", "新员工见面会")
+CLM_ROOMS = ("三楼会议室", "一号报告厅", "二楼培训室", "五楼大会议室")
+
+
+def _number(rng: random.Random, low: int, high: int) -> str:
+    """A Chinese number word between low and high (1-99)."""
+    n = rng.randint(low, high)
+    tens, ones = divmod(n, 10)
+    text = (CLM_NUMBERS[tens - 1] if tens > 1 else "") + ("十" if tens else "")
+    return text + (CLM_NUMBERS[ones - 1] if ones else "")
+
+
+def _clm_document(rng: random.Random) -> str:
+    """One short document from one of five template families."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        days = rng.sample(("今天", "明天", "后天"), rng.randint(1, 3))
+        city, parts = rng.choice(CLM_CITIES), []
+        for day in days:
+            weather = rng.choice(sorted(CLM_WEATHER))
+            low = rng.randint(1, 20)
+            parts.append(
+                f"{day}{weather}，最高气温{_number(rng, low + 3, low + 12)}度，最低气温{_number(rng, low, low)}度，"
+                + rng.choice(CLM_WEATHER[weather])
+            )
+        return f"{city}天气预报：" + "".join(parts)
+    if kind == 1:
+        dish = rng.choice(sorted(CLM_DISHES))
+        first, second = CLM_DISHES[dish]
+        return (
+            f"{dish}的做法：先把{first}和{second}洗净切好，再{rng.choice(CLM_STEPS)}，"
+            f"最后加入{rng.choice(CLM_SEASONINGS)}，出锅前再翻炒{_number(rng, 1, 5)}分钟即可。"
+        )
+    if kind == 2:
+        place = rng.choice(sorted(CLM_PLACES))
+        day = rng.choice(("星期六", "星期天", "今天上午", "昨天下午", "国庆节"))
+        return (
+            f"{day}，我和{rng.choice(CLM_PEOPLE)}去{place}{rng.choice(CLM_PLACES[place])}，"
+            f"{rng.choice(CLM_FEELINGS)}。"
+        )
+    if kind == 3:
+        start, end = rng.sample(CLM_CITIES, 2)
+        return (
+            f"{rng.choice('GDKTZ')}{rng.randint(10, 999)}次列车从{start}开往{end}，{_number(rng, 6, 22)}点"
+            f"{rng.choice(('整', '半', '十分', '四十分'))}发车，全程约{_number(rng, 2, 12)}个小时，请旅客提前检票。"
+        )
+    return (
+        f"通知：公司定于{_number(rng, 1, 12)}月{_number(rng, 1, 28)}日下午{_number(rng, 1, 5)}点在"
+        f"{rng.choice(CLM_ROOMS)}召开{rng.choice(CLM_MEETINGS)}，请各部门准时参加。"
+    )
+
+
+def make_clm_corpus(out_dir: str | Path, n_train: int = 4000, n_validation: int = 300, seed: int = 42) -> None:
+    """Write train.txt / validation.txt (one document per line) and train.csv (zero_nlp's `content` column)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    for split, n in (("train", n_train), ("validation", n_validation)):
+        documents = [_unique(lambda: (_clm_document(rng),), seen)[0] for _ in range(n)]
+        (out_dir / f"{split}.txt").write_text("\n".join(documents) + "\n", encoding="utf-8")
+        if split == "train":
+            _write_csv(out_dir / "train.csv", ["id", "content"], [[i, d] for i, d in enumerate(documents)])
+
+
+def build_corpus_char_tokenizer(out_dir: str | Path, texts: list[str]) -> PreTrainedTokenizerBase:
+    """A BERT-style character tokenizer whose vocabulary holds only the characters of `texts` (plus ASCII).
+
+    It works like bert-base-chinese (WordPiece, [CLS]/[SEP]/[PAD], no bos/eos) but with a few hundred entries
+    instead of 21,128, so the output layer of a tiny GPT-2 is cheap enough to train in seconds on a CPU.
+    """
+    ascii_chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
+    continuations = ["##" + c for c in string.ascii_lowercase + string.digits]
+    characters = sorted({c for text in texts for c in text if not c.isascii() and not c.isspace()})
+    tokens = [*SPECIAL_TOKENS, *ascii_chars, *continuations, *FULL_WIDTH_SYMBOLS, *characters]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = BertTokenizerFast(
+        vocab=vocab,
+        do_lower_case=True,
+        tokenize_chinese_chars=True,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def build_bpe_tokenizer(texts: list[str], bos: str | None, eos: str, pad: str | None, vocab_size: int = 800):
+    """A small byte-level BPE tokenizer like Qwen2's (no bos, pad = eos) or Llama's (adds bos, no pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [t for t in dict.fromkeys((bos, eos, pad)) if t]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    if bos:  # Llama-style: every encoded text starts with bos
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, model_max_length=1024
+    )
+
+
+def build_tiny_causal_lm(out_dir: str | Path, model_type: str, texts: list[str]) -> None:
+    """Save a tiny randomly initialised Qwen2 or Llama checkpoint with a BPE tokenizer, like a hub model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type == "qwen2":  # Qwen2 base models: no bos, pad is the same token as eos
+        tokenizer = build_bpe_tokenizer(texts, bos=None, eos="<|endoftext|>", pad="<|endoftext|>")
+    else:  # Llama: bos added to every text, no pad token
+        tokenizer = build_bpe_tokenizer(texts, bos="<s>", eos="</s>", pad=None)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -638,6 +833,17 @@ def main(argv: list[str] | None = None) -> None:
     make_adgen_data(out / "data" / "adgen", **adgen_sizes)
     make_chat_data(out / "data" / "chat", **({"n_train": 60, "n_validation": 20} if args.small else {}))
     print(f"adgen, chat -> {out / 'data'}")
+
+    clm_sizes = {"n_train": 1000, "n_validation": 100} if args.small else {"n_train": 4000, "n_validation": 300}
+    make_clm_corpus(out / "data" / "clm", **clm_sizes)
+    clm_texts = (out / "data" / "clm" / "train.txt").read_text(encoding="utf-8").splitlines()
+    clm_tokenizer = build_corpus_char_tokenizer(out / "tokenizer-clm", clm_texts)
+    for model_type in ("qwen2", "llama"):
+        build_tiny_causal_lm(out / "models" / f"{model_type}-tiny-zh", model_type, clm_texts)
+    print(
+        f"clm corpus  -> {out / 'data' / 'clm'} (train={clm_sizes['n_train']} documents); "
+        f"its char vocab ({len(clm_tokenizer)}) -> {out / 'tokenizer-clm'}; tiny Qwen2 / Llama"
+    )
 
     print(f"done in {time.perf_counter() - start:.1f}s")
 

@@ -38,6 +38,12 @@ TASKS = [
         ["eval_rouge-l", "eval_bleu-4"],
         ["--do_train", "false", "--do_predict", "false"],
     ),
+    (
+        "clm",
+        "run_clm.py",
+        "examples/clm_demo.json",
+        ["eval_perplexity_before", "eval_perplexity", "eval_token_accuracy"],
+    ),
 ]
 
 
