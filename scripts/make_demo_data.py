@@ -470,43 +470,6 @@ def make_multilabel_data(
         _write_csv(out_dir / f"{split}.csv", ["text", "labels"], [[t, "|".join(labels)] for t, labels in examples])
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="demo", help="Directory to write everything into.")
-    parser.add_argument("--small", action="store_true", help="Write much smaller datasets, for fast tests.")
-    args = parser.parse_args(argv)
-
-    out = Path(args.output_dir)
-    if args.small:
-        sentiment_sizes = {"n_train": 200, "n_validation": 60, "n_test": 60}
-        multilabel_sizes = {"n_train": 150, "n_validation": 50, "n_test": 40}
-    else:
-        sentiment_sizes = {"n_train": 2000, "n_validation": 300, "n_test": 300}
-        multilabel_sizes = {"n_train": 1500, "n_validation": 300, "n_test": 200}
-
-    start = time.perf_counter()
-    tokenizer = build_tokenizer(out / "tokenizer")
-    print(f"tokenizer   -> {out / 'tokenizer'} (vocab size {len(tokenizer)})")
-
-    build_tiny_bert(out / "models" / "bert-tiny-zh", tokenizer)
-    print(f"tiny BERT   -> {out / 'models' / 'bert-tiny-zh'}")
-
-    make_sentiment_data(out / "data" / "sentiment", **sentiment_sizes)
-    sizes = ", ".join(f"{k[2:]}={v}" for k, v in sentiment_sizes.items())
-    print(f"sentiment   -> {out / 'data' / 'sentiment'} ({sizes})")
-
-    make_multilabel_data(out / "data" / "multilabel", **multilabel_sizes)
-    sizes = ", ".join(f"{k[2:]}={v}" for k, v in multilabel_sizes.items())
-    print(f"multilabel  -> {out / 'data' / 'multilabel'} ({sizes})")
-
-    print(f"done in {time.perf_counter() - start:.1f}s")
-
-
-if __name__ == "__main__":
-    main()
-
-
 # ---------------------------------------------------------------------------
 # Image-text demo (run_clip.py, run_image_captioning.py): coloured shapes on coloured backgrounds.
 # ---------------------------------------------------------------------------
@@ -705,3 +668,50 @@ def build_tiny_chinese_clip(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="demo", help="Directory to write everything into.")
+    parser.add_argument("--small", action="store_true", help="Write much smaller datasets, for fast tests.")
+    args = parser.parse_args(argv)
+
+    out = Path(args.output_dir)
+    if args.small:
+        sentiment_sizes = {"n_train": 200, "n_validation": 60, "n_test": 60}
+        multilabel_sizes = {"n_train": 150, "n_validation": 50, "n_test": 40}
+        shape_sizes = {"n_train": 200, "n_validation": 40, "n_test": 40}
+    else:
+        sentiment_sizes = {"n_train": 2000, "n_validation": 300, "n_test": 300}
+        multilabel_sizes = {"n_train": 1500, "n_validation": 300, "n_test": 200}
+        shape_sizes = {"n_train": 800, "n_validation": 100, "n_test": 100}
+
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(out / "tokenizer")
+    print(f"tokenizer   -> {out / 'tokenizer'} (vocab size {len(tokenizer)})")
+
+    build_tiny_bert(out / "models" / "bert-tiny-zh", tokenizer)
+    print(f"tiny BERT   -> {out / 'models' / 'bert-tiny-zh'}")
+
+    make_sentiment_data(out / "data" / "sentiment", **sentiment_sizes)
+    sizes = ", ".join(f"{k[2:]}={v}" for k, v in sentiment_sizes.items())
+    print(f"sentiment   -> {out / 'data' / 'sentiment'} ({sizes})")
+
+    make_multilabel_data(out / "data" / "multilabel", **multilabel_sizes)
+    sizes = ", ".join(f"{k[2:]}={v}" for k, v in multilabel_sizes.items())
+    print(f"multilabel  -> {out / 'data' / 'multilabel'} ({sizes})")
+
+    shapes = make_shape_caption_data(out / "data" / "shapes", **shape_sizes)
+    sizes = ", ".join(f"{k[2:]}={v} images" for k, v in shape_sizes.items())
+    print(f"shapes      -> {out / 'data' / 'shapes'} ({sizes}; {len(shapes['broken'])} broken files to skip)")
+
+    build_tiny_chinese_clip(out / "models" / "chinese-clip-tiny", tokenizer)
+    build_tiny_vit(out / "models" / "vit-tiny")
+    print(f"tiny CLIP   -> {out / 'models' / 'chinese-clip-tiny'}, {out / 'models' / 'vit-tiny'}")
+
+    print(f"done in {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

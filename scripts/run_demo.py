@@ -30,6 +30,12 @@ TASKS = [
         "examples/classification_multilabel_demo.yaml",
         ["eval_micro_f1", "eval_macro_f1"],
     ),
+    (
+        "clip",
+        "run_clip.py",
+        "examples/clip_demo.json",
+        ["eval_i2t_R@5", "eval_t2i_R@5", "eval_mean_recall"],
+    ),
 ]
 
 

@@ -15,7 +15,7 @@ SCRIPTS = sorted(p.stem for p in ROOT.glob("run_*.py"))
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 LAUNCHERS = sorted((ROOT / "scripts").glob("*.sh"))
 # examples/<prefix>_*.json belongs to run_<script>.py
-SCRIPT_OF_PREFIX = {"classification": "run_classification"}
+SCRIPT_OF_PREFIX = {"classification": "run_classification", "clip": "run_clip"}
 
 
 def script_for(config: Path) -> str:
