@@ -255,7 +255,8 @@ def write_retrieval_predictions(output, dataset, output_dir: Path, top_k: int, e
 def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
     """The image processor saved with a vision model; a clear error when the checkpoint has none."""
     try:
-        return AutoImageProcessor.from_pretrained(path, **hub_kwargs)
+        # the PIL backend: the one that works without torchvision, and the same pixels on every machine
+        return AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
