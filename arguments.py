@@ -489,3 +489,51 @@ def raise_if_problems(problems: list[str]) -> None:
     """Raise one ValueError listing every problem, so a user fixes them all in one go."""
     if problems:
         raise ValueError("Invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class ImageDataArguments:
+    """Where the images of image-text data are, and how they are loaded (run_clip.py, run_image_captioning.py)."""
+
+    image_column: str = field(
+        default="image_path",
+        metadata={"help": "Column holding each row's image file path (absolute, or relative: see --image_root)."},
+    )
+    caption_column: str = field(
+        default="text",
+        metadata={
+            "help": "Column holding the caption: a string, or a list of captions of the same image (JSON). An image "
+            "may also appear on several rows with different captions."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths start from; default: the folder of each data file."},
+    )
+    image_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for copies of the images resized to the model's resolution (written during the image "
+            "check), so every epoch and later run decodes small files. Off when unset."
+        },
+    )
+
+
+def image_data_problems(image_args: ImageDataArguments) -> list[str]:
+    """Problems with the image arguments, found before anything is loaded."""
+    problems = []
+    for name in ("image_column", "caption_column"):
+        if not getattr(image_args, name).strip():
+            problems.append(f"--{name} must name a column, got an empty string.")
+    if image_args.image_root and not Path(image_args.image_root).expanduser().is_dir():
+        problems.append(f"--image_root '{image_args.image_root}' is not a directory.")
+    if image_args.image_cache_dir:
+        cache = Path(image_args.image_cache_dir).expanduser()
+        existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
+        if cache.exists() and not cache.is_dir():
+            problems.append(f"--image_cache_dir '{image_args.image_cache_dir}' exists and is not a directory.")
+        elif existing is not None and not os.access(existing, os.W_OK):
+            problems.append(
+                f"--image_cache_dir '{image_args.image_cache_dir}' cannot be created or written ('{existing}' is read-only)."
+            )
+    return problems

@@ -155,3 +155,61 @@ def next_token_accuracy(predictions: np.ndarray, labels: np.ndarray, ignore_inde
     if not counted.any():
         return 0.0
     return round(float((predictions[counted] == labels[counted]).mean()), 4)
+
+
+# ---- retrieval (run_clip.py) ----------------------------------------------------------------------------------------
+
+
+def retrieval_metrics(similarity: np.ndarray, image_of_text: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Image→text and text→image Recall@k, and their mean, from a [texts, images] similarity matrix.
+
+    `image_of_text[t]` is the column of text t's image. Text→image: a hit when the text's image is among the k
+    most similar images. Image→text: a hit when *any* caption of the image is among its k most similar texts.
+    Ties count against the hit, so a model that scores everything alike gets chance level, not 1.0.
+
+    >>> retrieval_metrics(np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]]), np.array([0, 0, 1]), ks=(1,))
+    {'i2t_R@1': 1.0, 't2i_R@1': 0.6667, 'mean_recall': 0.8333}
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    return _retrieval(lambda start, stop: similarity[start:stop], similarity.shape, image_of_text, ks, chunk_size=None)
+
+
+def embedding_retrieval_metrics(
+    text_embeds: np.ndarray,
+    image_embeds: np.ndarray,
+    image_of_text: np.ndarray,
+    ks: tuple[int, ...] = (1, 5, 10),
+    chunk_size: int = 4096,
+) -> dict:
+    """`retrieval_metrics` on the dot products of (normalised) embeddings, computed `chunk_size` texts at a time so
+    that 100k captions x 20k images never need the whole similarity matrix in memory."""
+    text_embeds, image_embeds = np.asarray(text_embeds, np.float32), np.asarray(image_embeds, np.float32)
+    shape = (len(text_embeds), len(image_embeds))
+    return _retrieval(lambda a, b: text_embeds[a:b] @ image_embeds.T, shape, image_of_text, ks, chunk_size)
+
+
+def _retrieval(block, shape, image_of_text, ks, chunk_size) -> dict:
+    """Ranks from similarity rows block(start, stop), in two passes: first the score of each image's best caption."""
+    n_texts, n_images = shape
+    image_of_text = np.asarray(image_of_text, dtype=np.int64)
+    chunk_size = chunk_size or max(n_texts, 1)
+    t2i_rank = np.empty(n_texts, dtype=np.int64)
+    best_caption = np.full(n_images, -np.inf)
+    for start in range(0, n_texts, chunk_size):
+        scores = block(start, start + chunk_size)
+        rows = np.arange(len(scores))
+        true = scores[rows, image_of_text[start : start + len(scores)]]
+        t2i_rank[start : start + len(scores)] = (scores >= true[:, None]).sum(axis=1) - 1
+        np.maximum.at(best_caption, image_of_text[start : start + len(scores)], true)
+    # image→text rank: captions of other images scoring at least as high as the image's best caption
+    i2t_rank = np.zeros(n_images, dtype=np.int64)
+    for start in range(0, n_texts, chunk_size):
+        scores = block(start, start + chunk_size)
+        beats = scores >= best_caption[None, :]
+        beats[np.arange(len(scores)), image_of_text[start : start + len(scores)]] = False
+        i2t_rank += beats.sum(axis=0)
+    has_caption = np.isfinite(best_caption)
+    recalls = {f"i2t_R@{k}": float((i2t_rank[has_caption] < k).mean()) for k in ks}
+    recalls.update({f"t2i_R@{k}": float((t2i_rank < k).mean()) for k in ks})
+    recalls["mean_recall"] = float(np.mean(list(recalls.values())))
+    return {name: round(value, 4) for name, value in recalls.items()}

@@ -796,6 +796,206 @@ def build_tiny_causal_lm(out_dir: str | Path, model_type: str, texts: list[str])
     tokenizer.save_pretrained(str(out_dir))
 
 
+# ---------------------------------------------------------------------------
+# Image-text demo (run_clip.py, run_image_captioning.py): coloured shapes on coloured backgrounds.
+# ---------------------------------------------------------------------------
+
+SHAPE_COLORS = {
+    "红色": (215, 35, 35),
+    "绿色": (35, 155, 55),
+    "蓝色": (35, 70, 215),
+    "黄色": (235, 215, 40),
+    "紫色": (135, 45, 170),
+    "橙色": (245, 140, 25),
+    "黑色": (25, 25, 25),
+    "白色": (240, 240, 240),
+}
+SHAPES = ("圆形", "正方形", "三角形", "菱形", "十字", "五角星")
+CAPTION_TEMPLATES = (
+    "{bg}背景上的一个{fg}{shape}",
+    "一个{fg}的{shape}，背景是{bg}",
+    "{bg}的底色上画着一个{fg}{shape}",
+    "图中是{bg}背景和一个{fg}{shape}",
+)
+SHAPE_IMAGE_SIZE = 64  # pixels; the demo models look at 32x32
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """Corner points of a polygon shape centred on (cx, cy) with radius r; None for the circle."""
+    import math
+
+    if shape == "正方形":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "三角形":
+        return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
+    if shape == "菱形":
+        return [(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)]
+    if shape == "十字":
+        w = r * 0.38
+        return [
+            (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
+            (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w),
+        ]  # fmt: skip
+    if shape == "五角星":
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else r * 0.45
+            angle = -math.pi / 2 + k * math.pi / 5
+            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        return points
+    return None
+
+
+def draw_shape_image(rng: random.Random, fg: str, bg: str, shape: str, size: int = SHAPE_IMAGE_SIZE):
+    """One RGB image: a `fg` shape somewhere on a `bg` background, with jittered colours and a little noise."""
+    from PIL import Image, ImageDraw
+
+    def jitter(rgb):
+        return tuple(max(0, min(255, c + rng.randint(-18, 18))) for c in rgb)
+
+    image = Image.new("RGB", (size, size), jitter(SHAPE_COLORS[bg]))
+    draw = ImageDraw.Draw(image)
+    r = size * rng.uniform(0.22, 0.36)
+    cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+    polygon = _shape_polygon(shape, cx, cy, r)
+    if polygon is None:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=jitter(SHAPE_COLORS[fg]))
+    else:
+        draw.polygon(polygon, fill=jitter(SHAPE_COLORS[fg]))
+    for _ in range(size // 4):  # a few stray pixels, so no two images are identical
+        draw.point((rng.randrange(size), rng.randrange(size)), fill=jitter(SHAPE_COLORS[bg]))
+    return image
+
+
+def _shape_combinations() -> list[tuple[str, str, str]]:
+    return [(fg, bg, s) for fg in SHAPE_COLORS for bg in SHAPE_COLORS if fg != bg for s in SHAPES]
+
+
+def make_shape_caption_data(
+    out_dir: str | Path, n_train: int = 800, n_validation: int = 100, n_test: int = 100, seed: int = 42
+) -> dict:
+    """Write the image-caption demo: JPEG/PNG images of coloured shapes and Chinese captions for three splits.
+
+    - train.csv: `text,image_path`, two rows (two different captions) per image, as in the seed's news data;
+      it also points at a truncated JPEG, a zero-byte file and a missing file, which the scripts must skip,
+      and holds a few CMYK / RGBA / palette images that must be converted to RGB.
+    - validation.jsonl: one row per image whose `text` is a list of all its captions (several per image).
+    - test.csv: two rows per image.
+    Validation and test images each use distinct (colour, background, shape) combinations, so every caption
+    describes exactly one image of its split. Returns the number of rows per file and the broken paths.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    images = out_dir / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    combos = _shape_combinations()
+    held_out = rng.sample(combos, n_validation + n_test)
+    splits = {
+        "train": [rng.choice(combos) for _ in range(n_train)],
+        "validation": held_out[:n_validation],
+        "test": held_out[n_validation:],
+    }
+    rows = {}
+    for split, chosen in splits.items():
+        rows[split] = []
+        for index, (fg, bg, shape) in enumerate(chosen):
+            name = f"images/{split}_{index:04d}.jpg"
+            image = draw_shape_image(rng, fg, bg, shape)
+            # a few training images come in the modes real crawled data has; the loader converts them to RGB
+            if split == "train" and index % 97 == 1:
+                name = name.replace(".jpg", "_cmyk.jpg")
+                image.convert("CMYK").save(out_dir / name, quality=95)
+            elif split == "train" and index % 97 == 2:
+                name = name.replace(".jpg", "_rgba.png")
+                image.convert("RGBA").save(out_dir / name)
+            elif split == "train" and index % 97 == 3:
+                name = name.replace(".jpg", "_palette.png")
+                image.convert("P", palette=Image.Palette.ADAPTIVE).save(out_dir / name)
+            else:
+                image.save(out_dir / name, quality=92)
+            captions = [t.format(fg=fg, bg=bg, shape=shape) for t in rng.sample(CAPTION_TEMPLATES, 2)]
+            rows[split].append((name, captions))
+
+    # broken files, as a crawl leaves them: the check before training must find and list them
+    good = (out_dir / rows["train"][0][0]).read_bytes()
+    (images / "broken_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (images / "broken_empty.jpg").write_bytes(b"")
+    broken = ["images/broken_truncated.jpg", "images/broken_empty.jpg", "images/broken_missing.jpg"]
+    for k, name in enumerate(broken):
+        rows["train"].insert(10 + 40 * k, (name, ["红色背景上的一个蓝色圆形", "一个蓝色的圆形，背景是红色"]))
+
+    _write_csv(out_dir / "train.csv", ["text", "image_path"], [[c, n] for n, caps in rows["train"] for c in caps])
+    with open(out_dir / "validation.jsonl", "w", encoding="utf-8") as f:
+        for name, captions in rows["validation"]:
+            f.write(json.dumps({"image_path": name, "text": captions}, ensure_ascii=False) + "\n")
+    _write_csv(out_dir / "test.csv", ["text", "image_path"], [[c, n] for n, caps in rows["test"] for c in caps])
+    return {"train_rows": 2 * len(rows["train"]), "validation_images": n_validation, "broken": broken}
+
+
+def build_tiny_vit(out_dir: str | Path, image_size: int = 32, dropout: float = 0.0) -> None:
+    """Save a tiny randomly initialised ViT encoder and its image processor, like a hub ViT checkpoint."""
+    from transformers import ViTConfig, ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ViTModel(config)
+    model.save_pretrained(str(out_dir))
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(out_dir))
+
+
+def build_tiny_chinese_clip(
+    out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, image_size: int = 32, dropout: float = 0.1
+) -> None:
+    """Save a tiny randomly initialised ChineseCLIPModel (BERT text tower + ViT) with its processor."""
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
+    from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+
+    config = ChineseCLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 64,
+            "hidden_dropout_prob": dropout,
+            "attention_probs_dropout_prob": dropout,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+            "projection_dim": 64,
+        },
+        projection_dim=64,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ChineseCLIPModel(config)
+    model.save_pretrained(str(out_dir))
+    image_processor = ChineseCLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -807,9 +1007,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.small:
         sentiment_sizes = {"n_train": 200, "n_validation": 60, "n_test": 60}
         multilabel_sizes = {"n_train": 150, "n_validation": 50, "n_test": 40}
+        shape_sizes = {"n_train": 200, "n_validation": 40, "n_test": 40}
     else:
         sentiment_sizes = {"n_train": 2000, "n_validation": 300, "n_test": 300}
         multilabel_sizes = {"n_train": 1500, "n_validation": 300, "n_test": 200}
+        shape_sizes = {"n_train": 800, "n_validation": 100, "n_test": 100}
 
     start = time.perf_counter()
     tokenizer = build_tokenizer(out / "tokenizer")
@@ -844,6 +1046,14 @@ def main(argv: list[str] | None = None) -> None:
         f"clm corpus  -> {out / 'data' / 'clm'} (train={clm_sizes['n_train']} documents); "
         f"its char vocab ({len(clm_tokenizer)}) -> {out / 'tokenizer-clm'}; tiny Qwen2 / Llama"
     )
+
+    shapes = make_shape_caption_data(out / "data" / "shapes", **shape_sizes)
+    sizes = ", ".join(f"{k[2:]}={v} images" for k, v in shape_sizes.items())
+    print(f"shapes      -> {out / 'data' / 'shapes'} ({sizes}; {len(shapes['broken'])} broken files to skip)")
+
+    build_tiny_chinese_clip(out / "models" / "chinese-clip-tiny", tokenizer)
+    build_tiny_vit(out / "models" / "vit-tiny")
+    print(f"tiny CLIP   -> {out / 'models' / 'chinese-clip-tiny'}, {out / 'models' / 'vit-tiny'}")
 
     print(f"done in {time.perf_counter() - start:.1f}s")
 

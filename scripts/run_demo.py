@@ -44,6 +44,12 @@ TASKS = [
         "examples/clm_demo.json",
         ["eval_perplexity_before", "eval_perplexity", "eval_token_accuracy"],
     ),
+    (
+        "clip",
+        "run_clip.py",
+        "examples/clip_demo.json",
+        ["eval_i2t_R@5", "eval_t2i_R@5", "eval_mean_recall"],
+    ),
 ]
 
 

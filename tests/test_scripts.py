@@ -15,7 +15,12 @@ SCRIPTS = sorted(p.stem for p in ROOT.glob("run_*.py"))
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 LAUNCHERS = sorted((ROOT / "scripts").glob("*.sh"))
 # examples/<prefix>_*.json belongs to run_<script>.py
-SCRIPT_OF_PREFIX = {"classification": "run_classification", "clm": "run_clm", "seq2seq": "run_seq2seq_ptuning"}
+SCRIPT_OF_PREFIX = {
+    "classification": "run_classification",
+    "clm": "run_clm",
+    "clip": "run_clip",
+    "seq2seq": "run_seq2seq_ptuning",
+}
 
 
 def script_for(config: Path) -> str:
