@@ -196,10 +196,12 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
         "--do_train", "--do_eval", "--do_predict", "--predict_with_generate",
         test_file=demo_dir / "data" / "adgen" / "test.jsonl",
         max_predict_samples=24,
+        max_train_samples=800,
+        num_train_epochs=5,
         train_sampling_strategy="group_by_length",
     )  # fmt: skip
     assert after["eval_loss"] < before["eval_loss"] - 3
-    assert after["eval_rouge-l"] > before["eval_rouge-l"] + 30
+    assert after["eval_rouge-l"] > before["eval_rouge-l"] + 25
     lines = [
         json.loads(x) for x in (tmp_path / "full" / "generated_predictions.jsonl").read_text("utf-8").splitlines()
     ]
@@ -216,7 +218,8 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
     from safetensors import safe_open
 
     test_file = demo_dir / "data" / "adgen" / "test.jsonl"
-    common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16}
+    common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16,
+              "max_train_samples": 800, "num_train_epochs": 5}  # fmt: skip
     if method == "lora":
         common.pop("pre_seq_len")
     base = run(
@@ -239,7 +242,7 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
         n_saved = sum(f.get_tensor(k).numel() for k in keys)
-    assert all(("prompt_encoder" in k) if method == "ptuning" else ("lora_" in k) for k in keys)
+    assert keys == ["prompt_embeddings"] if method == "ptuning" else all("lora_" in k for k in keys)
     with safe_open(lm_base / "model.safetensors", "pt") as f:
         n_model = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
     assert n_saved < 0.05 * n_model  # only the prefix / the adapters, not a copy of the model
