@@ -66,6 +66,15 @@ class ModelArguments:
         },
     )
 
+    def hub_kwargs(self) -> dict:
+        """The keyword arguments every `from_pretrained` call of the scripts shares."""
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "token": self.token,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
 
 @dataclass
 class DataTrainingArguments:

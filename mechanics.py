@@ -268,6 +268,18 @@ def take_first(dataset: Dataset, max_samples: int | None) -> Dataset:
     return dataset if max_samples is None else dataset.select(range(min(max_samples, len(dataset))))
 
 
+def limit_samples(raw: DatasetDict, data_args) -> None:
+    """Apply --max_train_samples / --max_eval_samples / --max_predict_samples to the splits present."""
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples,
+    }
+    for split, limit in limits.items():
+        if split in raw:
+            raw[split] = take_first(raw[split], limit)
+
+
 def resume_checkpoint(training_args) -> str | bool | None:
     """--resume_from_checkpoint as Trainer.train wants it: a path, True (newest in output_dir) or None."""
     from transformers.trainer_utils import get_last_checkpoint

@@ -34,9 +34,9 @@ from mechanics import (
     drop_invalid_rows,
     find_column,
     is_blank,
+    limit_samples,
     load_raw_datasets,
     setup_run,
-    take_first,
     train_evaluate_predict,
     write_json,
 )
@@ -271,10 +271,7 @@ def main(argv=None) -> dict:
 
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     model_label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
     model_has_labels = model_label2id and set(model_label2id) != {f"LABEL_{i}" for i in range(len(model_label2id))}
@@ -315,21 +312,12 @@ def main(argv=None) -> dict:
     logger.info(
         "%s task with %d labels: %s", "Multi-label" if multi_label else "Single-label", len(label_names), label_names
     )
-    for split, limit in (
-        ("train", data_args.max_train_samples),
-        ("validation", data_args.max_eval_samples),
-        ("test", data_args.max_predict_samples),
-    ):
-        if split in raw:
-            raw[split] = take_first(raw[split], limit)
+    limit_samples(raw, data_args)
 
     # 4. tokenizer
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     if tokenizer.pad_token is None:  # decoder-only checkpoints (GPT-2, Qwen) used as classifiers
         tokenizer.pad_token = tokenizer.eos_token
@@ -350,10 +338,7 @@ def main(argv=None) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
         dtype=model_args.dtype,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
@@ -421,9 +406,9 @@ def main(argv=None) -> dict:
         if "test" in label_columns:
             table["label"] = test[label_columns["test"]]
             if multi_label:
-                table["label"] = [
-                    delimiter.join(normalize_label(v, True, cls_args.label_delimiter) or []) for v in table["label"]
-                ]
+                # in label order, like the predictions, so equal label sets read the same
+                true_sets = [set(normalize_label(v, True, cls_args.label_delimiter) or []) for v in table["label"]]
+                table["label"] = [delimiter.join(n for n in label_names if n in labels) for labels in true_sets]
         if multi_label:
             table["prediction"] = [delimiter.join(n for n, on in zip(label_names, row) if on) for row in predicted]
         else:

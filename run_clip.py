@@ -381,12 +381,7 @@ def main(argv=None) -> dict:
     training_args.remove_unused_columns = False
 
     # 3. processor first: the image check decodes (and with --image_cache_dir stores) images at its resolution
-    hub_kwargs = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    hub_kwargs = model_args.hub_kwargs()
     if model_args.model_name_or_path:
         check_is_dual_encoder(model_args, hub_kwargs)
     processor = load_processor(model_args, clip_args, hub_kwargs)

@@ -787,8 +787,7 @@ def main(argv=None) -> dict:
     hold_out = training_args.do_eval and "validation" not in sources
 
     # 4. tokenizer and config: they decide the token ids and the block size
-    hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token)
-    hub["trust_remote_code"] = model_args.trust_remote_code
+    hub = model_args.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
     added_tokens = add_missing_special_tokens(tokenizer, from_scratch)
     if "eos_token" in added_tokens and finetuning_args.finetuning_type == "lora":

@@ -45,9 +45,9 @@ from mechanics import (
     drop_invalid_rows,
     find_column,
     is_blank,
+    limit_samples,
     load_raw_datasets,
     setup_run,
-    take_first,
     train_evaluate_predict,
 )
 from metrics import rouge_bleu
@@ -331,21 +331,12 @@ def main(argv=None) -> dict:
             list(split_roles.values()),
             lambda row, r=split_roles, s=split: drop_reason({k: row[c] for k, c in r.items()}, s != "test"),
         )
-    for split, limit in (
-        ("train", data_args.max_train_samples),
-        ("validation", data_args.max_eval_samples),
-        ("test", data_args.max_predict_samples),
-    ):
-        if split in raw:
-            raw[split] = take_first(raw[split], limit)
+    limit_samples(raw, data_args)
 
     # 4. tokenizer
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     added_tokens = 0
     if tokenizer.eos_token is None:
@@ -360,10 +351,7 @@ def main(argv=None) -> dict:
     # 5. model
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     load_kwargs = {}
@@ -384,10 +372,7 @@ def main(argv=None) -> dict:
     model = model_class.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
         dtype=model_args.dtype,
         **load_kwargs,
     )
