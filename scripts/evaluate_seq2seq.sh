@@ -19,9 +19,6 @@ MAX_SOURCE_LENGTH=${MAX_SOURCE_LENGTH:-64}
 MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-128}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/adgen-eval}
 PRECISION=${PRECISION:---bf16}
-NUM_GPUS=${NUM_GPUS:-1}
-MASTER_PORT=${MASTER_PORT:-$((20000 + RANDOM % 20000))}
-PYTHON=${PYTHON:-python}
 
 ARGS=(
   --model_name_or_path "$MODEL"
@@ -42,15 +39,6 @@ if [ -n "$CHECKPOINT" ]; then
   ARGS+=(--ptuning_checkpoint "$CHECKPOINT")
 fi
 
-if [ "$NUM_GPUS" -gt 1 ]; then
-  LAUNCH=(torchrun --nproc_per_node "$NUM_GPUS" --master_port "$MASTER_PORT")
-else
-  LAUNCH=("$PYTHON")
-fi
-CMD=("${LAUNCH[@]}" run_seq2seq_ptuning.py "${ARGS[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then
-  printf '%q ' "${CMD[@]}"
-  echo
-  exit 0
-fi
-exec "${CMD[@]}"
+# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
+source scripts/_launch.sh
+launch run_seq2seq_ptuning.py "${ARGS[@]}" "$@"

@@ -23,12 +23,6 @@ EPOCHS=${EPOCHS:-3}
 LR=${LR:-2e-5}
 BATCH_SIZE=${BATCH_SIZE:-32}                      # per GPU; the global batch is BATCH_SIZE x NUM_GPUS x NNODES
 PRECISION=${PRECISION:---bf16}                    # --bf16 (Ampere or newer), --fp16 (older GPUs) or --use_cpu
-NUM_GPUS=${NUM_GPUS:-1}                           # processes per machine
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-$((20000 + RANDOM % 20000))}
-PYTHON=${PYTHON:-python}
 
 ARGS=(
   --model_name_or_path "$MODEL"
@@ -54,16 +48,6 @@ ARGS=(
   "$PRECISION"
 )
 
-if [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  LAUNCH=(torchrun --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" --node_rank "$NODE_RANK"
-          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-else
-  LAUNCH=("$PYTHON")
-fi
-CMD=("${LAUNCH[@]}" run_classification.py "${ARGS[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then
-  printf '%q ' "${CMD[@]}"
-  echo
-  exit 0
-fi
-exec "${CMD[@]}"
+# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
+source scripts/_launch.sh
+launch run_classification.py "${ARGS[@]}" "$@"

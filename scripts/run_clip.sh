@@ -27,12 +27,6 @@ LR=${LR:-3e-5}
 BATCH_SIZE=${BATCH_SIZE:-128}                     # per GPU; with --gather_negatives each rank sees BATCH_SIZE x NUM_GPUS x NNODES negatives
 WORKERS=${WORKERS:-8}                             # image-decoding processes per GPU
 PRECISION=${PRECISION:---bf16}                    # --bf16 (Ampere or newer), --fp16 (older GPUs) or --use_cpu
-NUM_GPUS=${NUM_GPUS:-1}                           # processes per machine
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-$((20000 + RANDOM % 20000))}
-PYTHON=${PYTHON:-python}
 
 if [ -n "$TEXT_MODEL" ] || [ -n "$VISION_MODEL" ]; then
   MODEL_ARGS=(--text_model_name_or_path "$TEXT_MODEL" --vision_model_name_or_path "$VISION_MODEL")
@@ -68,16 +62,6 @@ if [ -n "$IMAGE_CACHE_DIR" ]; then
   ARGS+=(--image_cache_dir "$IMAGE_CACHE_DIR")
 fi
 
-if [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  LAUNCH=(torchrun --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" --node_rank "$NODE_RANK"
-          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-else
-  LAUNCH=("$PYTHON")
-fi
-CMD=("${LAUNCH[@]}" run_clip.py "${ARGS[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then
-  printf '%q ' "${CMD[@]}"
-  echo
-  exit 0
-fi
-exec "${CMD[@]}"
+# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
+source scripts/_launch.sh
+launch run_clip.py "${ARGS[@]}" "$@"

@@ -30,14 +30,6 @@ BATCH_SIZE=${BATCH_SIZE:-16}                      # per GPU; global batch = BATC
 GRAD_ACCUM=${GRAD_ACCUM:-4}
 WORKERS=${WORKERS:-8}                             # tokenizer processes (the result is cached for the next run)
 PRECISION=${PRECISION:---bf16}                    # --bf16 (Ampere or newer), --fp16 (older GPUs) or --use_cpu
-DEEPSPEED=${DEEPSPEED:-}                          # a ds_configs/*.json file switches to the deepspeed launcher
-NUM_GPUS=${NUM_GPUS:-1}                           # processes per machine
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-$((20000 + RANDOM % 20000))}
-HOSTFILE=${HOSTFILE:-}                            # DeepSpeed multi-node: a hostfile instead of NNODES/NODE_RANK
-PYTHON=${PYTHON:-python}
 
 if [ -n "$MODEL" ]; then
   MODEL_ARGS=(--model_name_or_path "$MODEL" --finetuning_type "$FINETUNING_TYPE")
@@ -73,22 +65,6 @@ if [ -n "$TEXT_COLUMN" ]; then
   ARGS+=(--text_column "$TEXT_COLUMN")
 fi
 
-if [ -n "$DEEPSPEED" ]; then
-  ARGS+=(--deepspeed "$DEEPSPEED")
-  LAUNCH=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
-  if [ -n "$HOSTFILE" ]; then
-    LAUNCH+=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR")
-  fi
-elif [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  LAUNCH=(torchrun --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" --node_rank "$NODE_RANK"
-          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-else
-  LAUNCH=("$PYTHON")
-fi
-CMD=("${LAUNCH[@]}" run_clm.py "${ARGS[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then
-  printf '%q ' "${CMD[@]}"
-  echo
-  exit 0
-fi
-exec "${CMD[@]}"
+# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
+source scripts/_launch.sh
+launch run_clm.py "${ARGS[@]}" "$@"

@@ -27,12 +27,6 @@ GRAD_ACCUM=${GRAD_ACCUM:-16}
 MAX_STEPS=${MAX_STEPS:-3000}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/adgen-$FINETUNING_TYPE}
 PRECISION=${PRECISION:---bf16}                   # --bf16, --fp16 or --use_cpu
-NUM_GPUS=${NUM_GPUS:-1}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-$((20000 + RANDOM % 20000))}
-PYTHON=${PYTHON:-python}
 
 ARGS=(
   --model_name_or_path "$MODEL"
@@ -62,16 +56,6 @@ ARGS=(
   "$PRECISION"
 )
 
-if [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  LAUNCH=(torchrun --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" --node_rank "$NODE_RANK"
-          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-else
-  LAUNCH=("$PYTHON")
-fi
-CMD=("${LAUNCH[@]}" run_seq2seq_ptuning.py "${ARGS[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then
-  printf '%q ' "${CMD[@]}"
-  echo
-  exit 0
-fi
-exec "${CMD[@]}"
+# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
+source scripts/_launch.sh
+launch run_seq2seq_ptuning.py "${ARGS[@]}" "$@"

@@ -13,7 +13,7 @@ from arguments import parse_args
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.stem for p in ROOT.glob("run_*.py"))
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
-LAUNCHERS = sorted((ROOT / "scripts").glob("*.sh"))
+LAUNCHERS = sorted(p for p in (ROOT / "scripts").glob("*.sh") if not p.name.startswith("_"))
 # examples/<prefix>_*.json belongs to run_<script>.py
 SCRIPT_OF_PREFIX = {
     "classification": "run_classification",
@@ -53,7 +53,7 @@ def test_example_config_parses(config):
     assert training_args.do_train or training_args.do_eval or training_args.do_predict
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("launcher", sorted((ROOT / "scripts").glob("*.sh")), ids=lambda p: p.name)
 def test_launcher_is_valid_bash(launcher):
     subprocess.run(["bash", "-n", str(launcher)], check=True)
 
@@ -70,3 +70,12 @@ def test_launcher_command_parses(launcher, num_gpus):
     argv = [a for a in command[position + 1 :] if a not in ("--bf16", "--fp16")]
     training_args = parse_args(module.ARGUMENT_CLASSES, argv)[-1]
     assert training_args.do_train or training_args.do_eval or training_args.do_predict
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda p: p.name)
+def test_launcher_switches_to_deepspeed(launcher):
+    env = dict(os.environ, DRY_RUN="1", NUM_GPUS="4", DEEPSPEED="ds_configs/zero2.json")
+    printed = subprocess.run(["bash", str(launcher)], env=env, capture_output=True, text=True, check=True).stdout
+    command = shlex.split(printed)
+    assert command[:3] == ["deepspeed", "--num_gpus", "4"]
+    assert command[command.index("--deepspeed") + 1] == "ds_configs/zero2.json"
