@@ -322,11 +322,15 @@ ASPECT_CLOSERS = ("", "", "", "就说这么多", "供大家参考", "记录一�
 
 def build_tokenizer(out_dir: str | Path) -> PreTrainedTokenizerBase:
     """Build and save a character-level Chinese BERT WordPiece tokenizer."""
+    return _char_tokenizer(out_dir, [chr(code) for code in range(0x4E00, 0xA000)])
+
+
+def _char_tokenizer(out_dir: str | Path, characters: list[str]) -> PreTrainedTokenizerBase:
+    """A BERT-style WordPiece tokenizer over ASCII, punctuation and the given characters, saved to out_dir."""
     ascii_chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
     # WordPiece keeps ASCII words whole, so "price" or "100" only avoid [UNK] with "##" continuation pieces.
     continuations = ["##" + c for c in string.ascii_lowercase + string.digits]
-    cjk = [chr(code) for code in range(0x4E00, 0xA000)]
-    tokens = [*SPECIAL_TOKENS, *ascii_chars, *continuations, *FULL_WIDTH_SYMBOLS, *cjk]
+    tokens = [*SPECIAL_TOKENS, *ascii_chars, *continuations, *FULL_WIDTH_SYMBOLS, *characters]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     # Passing `vocab=` works in transformers 5; `vocab_file=` to the constructor is silently ignored.
     tokenizer = BertTokenizerFast(
@@ -722,24 +726,8 @@ def build_corpus_char_tokenizer(out_dir: str | Path, texts: list[str]) -> PreTra
     It works like bert-base-chinese (WordPiece, [CLS]/[SEP]/[PAD], no bos/eos) but with a few hundred entries
     instead of 21,128, so the output layer of a tiny GPT-2 is cheap enough to train in seconds on a CPU.
     """
-    ascii_chars = [c for c in string.printable if not c.isspace() and not c.isupper()]
-    continuations = ["##" + c for c in string.ascii_lowercase + string.digits]
     characters = sorted({c for text in texts for c in text if not c.isascii() and not c.isspace()})
-    tokens = [*SPECIAL_TOKENS, *ascii_chars, *continuations, *FULL_WIDTH_SYMBOLS, *characters]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    tokenizer = BertTokenizerFast(
-        vocab=vocab,
-        do_lower_case=True,
-        tokenize_chinese_chars=True,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        model_max_length=512,
-    )
-    tokenizer.save_pretrained(str(out_dir))
-    return tokenizer
+    return _char_tokenizer(out_dir, characters)
 
 
 def build_bpe_tokenizer(texts: list[str], bos: str | None, eos: str, pad: str | None, vocab_size: int = 800):

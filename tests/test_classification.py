@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from helpers import to_argv
 
 import run_classification
 
@@ -30,13 +31,7 @@ def common_args(demo_dir, output_dir, **overrides) -> list[str]:
         "seed": 42,
     }
     args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is True:
-            argv.append(f"--{key}")
-        elif value is not None:
-            argv += [f"--{key}", str(value)]
-    return argv
+    return to_argv(args)
 
 
 @pytest.fixture(scope="module")

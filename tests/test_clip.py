@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import to_argv
 from safetensors.numpy import load_file
 
 import run_clip
@@ -117,13 +118,7 @@ def clip_args(demo_dir, output_dir, **overrides) -> list[str]:
         "seed": 42,
     }
     args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is True:
-            argv.append(f"--{key}")
-        elif value is not None:
-            argv += [f"--{key}", str(value)]
-    return argv
+    return to_argv(args)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import to_argv
 
 import collators
 import run_seq2seq_ptuning as s2s
@@ -157,11 +158,7 @@ def run(demo_dir, output_dir, *extra, model="llama-tiny-sft-zh", data="adgen", *
         "seed": 42,
     }
     args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is not None:
-            argv += [f"--{key}", str(value)]
-    return s2s.main([*argv, *extra])
+    return s2s.main([*to_argv(args), *extra])
 
 
 @pytest.fixture(scope="module")
