@@ -299,11 +299,17 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
         file_values, source, cli = dict(args), "the argument dict", []
     else:
         args = [str(a) for a in args]
+        # the deepspeed launcher puts `--local_rank=N` before the user's own arguments (the argument file too)
+        launcher = []
+        while args and args[0].startswith(("--local_rank", "--local-rank")):
+            launcher.append(args.pop(0))
+            if "=" not in launcher[-1] and args:
+                launcher.append(args.pop(0))
         if args and args[0].lower().endswith(ARGUMENT_FILE_SUFFIXES) and not args[0].startswith("-"):
             source = args[0]
-            file_values, cli = read_argument_file(args[0]), args[1:]
+            file_values, cli = read_argument_file(args[0]), launcher + args[1:]
         else:
-            cli = args
+            cli = launcher + args
 
     unknown, conflicts = [], []
     file_values = _translate_v4_keys(file_values, source, conflicts)

@@ -3,6 +3,7 @@
     python scripts/make_demo_data.py --output_dir demo   # data and tiny models first
     python scripts/run_demo.py                          # all tasks
     python scripts/run_demo.py classification           # only tasks whose name contains the word
+    python scripts/run_demo.py seq2seq -- --bf16 true   # arguments after -- go to every script (on a GPU)
 
 Each task runs exactly as a user would run it (`python run_x.py examples/x.json`); its log goes
 to outputs/<task>.log and its metrics are read back from output_dir/all_results.json.
@@ -65,13 +66,17 @@ def output_dir_of(config: Path) -> Path:
     return ROOT / values["output_dir"]
 
 
-def run_task(task: str, script: str, config: str, extra: list[str] = ()) -> tuple[dict, float, Path]:
+def run_task(
+    task: str, script: str, config: str, extra: list[str] = (), passed: list[str] = ()
+) -> tuple[dict, float, Path]:
     """Run one demo; return its metrics, wall time and output_dir. Exit with the log's tail if it fails."""
     output_dir = output_dir_of(ROOT / config)
-    if extra:  # the untrained evaluation writes next to the real run
+    untrained = bool(extra)
+    if untrained:  # the untrained evaluation writes next to the real run
         output_dir = output_dir.with_name(output_dir.name + "_untrained")
         extra = [*extra, "--output_dir", str(output_dir.relative_to(ROOT))]
-    name = task.split(" ")[0] + ("_untrained" if extra else "")
+    extra = [*passed, *extra]
+    name = task.split(" ")[0] + ("_untrained" if untrained else "")
     log = ROOT / "outputs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, script, config, *extra]
@@ -89,13 +94,15 @@ def run_task(task: str, script: str, config: str, extra: list[str] = ()) -> tupl
 
 
 def main(argv=None) -> None:
-    words = sys.argv[1:] if argv is None else argv
+    words = sys.argv[1:] if argv is None else list(argv)
+    passed = words[words.index("--") + 1 :] if "--" in words else []
+    words = words[: words.index("--")] if "--" in words else words
     rows = []
     for task, script, config, shown, *untrained in TASKS:
         if words and not any(w in task for w in words):
             continue
         if untrained:
-            metrics, seconds, output_dir = run_task(task, script, config, untrained[0])
+            metrics, seconds, output_dir = run_task(task, script, config, untrained[0], passed)
             for name in shown:
                 rows.append(
                     (
@@ -106,7 +113,7 @@ def main(argv=None) -> None:
                         str(output_dir.relative_to(ROOT)),
                     )
                 )
-        metrics, seconds, output_dir = run_task(task, script, config)
+        metrics, seconds, output_dir = run_task(task, script, config, passed=passed)
         for name in shown:
             rows.append((task, name, f"{metrics[name]:.4f}", f"{seconds:.0f}", str(output_dir.relative_to(ROOT))))
     header = ("task", "metric", "value", "seconds", "output dir")

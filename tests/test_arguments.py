@@ -145,6 +145,15 @@ def test_file_then_cli_overrides_win(tmp_path):
     assert training_args.do_train is True  # from the file, not overridden
 
 
+@pytest.mark.parametrize("launcher", [["--local_rank=0"], ["--local-rank", "0"]])
+def test_argument_file_after_the_deepspeed_launchers_local_rank(tmp_path, launcher):
+    # `deepspeed run_x.py args.json` runs `run_x.py --local_rank=0 args.json` (seen on a GPU machine)
+    path = write_json(tmp_path / "args.json", {"train_file": "a.csv", "output_dir": str(tmp_path / "a")})
+    _, data_args, training_args = parse_args(SHARED, [*launcher, path, "--learning_rate", "5e-5"])
+    assert data_args.train_file == ["a.csv"]
+    assert training_args.learning_rate == 5e-5
+
+
 def test_cli_override_can_switch_a_file_bool_off(tmp_path):
     path = write_json(tmp_path / "args.json", {"do_train": True, "do_eval": True})
     _, _, training_args = parse_args(SHARED, [path, "--do_eval", "false"])
