@@ -14,6 +14,7 @@ work too. Prompts use the tokenizer's chat template when it has one, else ChatGL
 Evaluation generates (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as ChatGLM does.
 """
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -229,6 +230,22 @@ def training_features(prompt_ids: list[int], response_ids: list[int]) -> dict:
     return {"input_ids": prompt_ids + response_ids, "labels": [LABEL_PAD] * len(prompt_ids) + response_ids}
 
 
+def quantization_problems(bits: int | None, finetuning_type: str) -> list[str]:
+    """What stops `--quantization_bit bits` on this machine (bitsandbytes needs CUDA)."""
+    if bits is None:
+        return []
+    problems = []
+    if bits not in (4, 8):
+        problems.append(f"--quantization_bit must be 4 or 8, got {bits}.")
+    elif not torch.cuda.is_available():
+        problems.append("--quantization_bit needs a CUDA GPU (bitsandbytes); this machine has none.")
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("--quantization_bit needs bitsandbytes: `pip install bitsandbytes` (CUDA builds).")
+    if finetuning_type == "full":
+        problems.append("--quantization_bit trains adapters only: use --finetuning_type lora or ptuning.")
+    return problems
+
+
 def main(argv=None) -> dict:
     # 1. arguments, validated before anything heavy is loaded
     model_args, data_args, task_args, ft_args, gen_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
@@ -256,13 +273,7 @@ def main(argv=None) -> dict:
             "Give the output_dir (or a checkpoint-N dir) of a --finetuning_type ptuning/lora run; a full fine-tune "
             "is loaded with --model_name_or_path instead."
         )
-    if task_args.quantization_bit is not None:
-        if task_args.quantization_bit not in (4, 8):
-            problems.append(f"--quantization_bit must be 4 or 8, got {task_args.quantization_bit}.")
-        elif not torch.cuda.is_available():
-            problems.append("--quantization_bit needs a CUDA GPU (bitsandbytes); this machine has none.")
-        if ft_args.finetuning_type == "full":
-            problems.append("--quantization_bit trains adapters only: use --finetuning_type lora or ptuning.")
+    problems += quantization_problems(task_args.quantization_bit, ft_args.finetuning_type)
     if task_args.model_parallel_mode and training_args.world_size > 1:
         problems.append(
             "--model_parallel_mode runs ONE process that spreads the model over the GPUs; do not launch it with "

@@ -1,6 +1,7 @@
 """run_seq2seq_ptuning.py: prompt building with literal ids, ChatGLM metrics, and end-to-end P-Tuning / LoRA / full."""
 
 import doctest
+import importlib.util
 import json
 import logging
 import math
@@ -339,3 +340,16 @@ def test_argument_errors(demo_dir, tmp_path):
         run(demo_dir, tmp_path, "--do_eval", ptuning_checkpoint=demo_dir / "models" / "llama-tiny-sft-zh")
     with pytest.raises(ValueError, match=r"`--prompt_column` 'question_text' is not a column .*columns are: content"):
         run(demo_dir, tmp_path, "--do_train", prompt_column="question_text")
+
+
+def test_quantization_problems(monkeypatch):
+    assert s2s.quantization_problems(None, "full") == []
+    assert s2s.quantization_problems(3, "lora") == ["--quantization_bit must be 4 or 8, got 3."]
+    monkeypatch.setattr(s2s.torch.cuda, "is_available", lambda: True)  # a CUDA machine without bitsandbytes
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name)
+    )
+    problems = s2s.quantization_problems(4, "full")
+    assert problems[0].startswith("--quantization_bit needs bitsandbytes: `pip install bitsandbytes`")
+    assert problems[1].startswith("--quantization_bit trains adapters only")
