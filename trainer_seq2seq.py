@@ -132,3 +132,10 @@ class MultiReferenceSeq2SeqTrainer(Seq2SeqTrainer):
         if generated is None or references is None:
             return loss, generated, labels
         return loss, generated, references.to(generated.device)
+
+    def evaluation_loop(self, *args, **kwargs):
+        # transformers' Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples the
+        # distributed sampler repeats to fill the last batch: under DDP the outputs would not line up with the data
+        # (more predictions than images). gather_for_metrics drops them.
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)

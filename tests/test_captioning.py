@@ -302,3 +302,37 @@ def test_continue_from_the_saved_checkpoint(demo_run, demo_dir, tmp_path):
     args["model_name_or_path"] = str(checkpoint)
     again = cap.main(to_argv(args))
     assert again["eval_cider-d"] == pytest.approx(results["eval_cider-d"], abs=1e-3)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir, tmp_path):
+    """Under DDP the sampler repeats images to even out the last batch; they must not reach metrics or the file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    results, output_dir = demo_run
+    args = base_args(
+        demo_dir,
+        tmp_path / "ddp",
+        do_eval=True,
+        do_predict=True,
+        max_eval_samples=60,
+        per_device_eval_batch_size=16,  # 30 eval / 100 test images on 2 ranks: uneven last batches
+        encoder_model_name_or_path=None,
+        decoder_model_name_or_path=None,
+        model_name_or_path=str(output_dir),
+        use_cpu=True,
+    )
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(root / "run_image_captioning.py"), *to_argv(args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "all_results.json").read_text(encoding="utf-8"))
+    for name in ("eval_bleu-4", "eval_rouge-l", "eval_cider-d", "predict_cider-d"):
+        assert ddp[name] == pytest.approx(results[name], abs=1e-3), name
+    single = (output_dir / "generated_predictions.jsonl").read_text(encoding="utf-8")
+    assert (tmp_path / "ddp" / "generated_predictions.jsonl").read_text(encoding="utf-8") == single
