@@ -322,10 +322,18 @@ def main(argv=None) -> dict:
 
     # 5. model, with explicit decoder start / pad / eos on both the config and the generation config
     model = load_model(model_args, caption_args, dict(hub_kwargs, dtype=model_args.dtype))
-    if added_tokens or len(tokenizer) > model.decoder.get_input_embeddings().num_embeddings:
+    rows = model.decoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
         model.decoder.resize_token_embeddings(len(tokenizer))
         logger.info(
-            "Added %s to the tokenizer; the decoder's embeddings now have %d rows.", added_tokens, len(tokenizer)
+            "The decoder's embeddings grew from %d to %d rows for the tokenizer's tokens.", rows, len(tokenizer)
+        )
+    if added_tokens:
+        logger.info(
+            "Added %d special token(s) to the tokenizer: eos %s, pad %s",
+            added_tokens,
+            tokenizer.eos_token,
+            tokenizer.pad_token,
         )
     start = model.config.decoder_start_token_id if model_path else None
     if start is None:  # BERT vocabularies start from [CLS]; GPT-2's from its bos (= <|endoftext|>)

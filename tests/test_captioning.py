@@ -336,3 +336,34 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
         assert ddp[name] == pytest.approx(results[name], abs=1e-3), name
     single = (output_dir / "generated_predictions.jsonl").read_text(encoding="utf-8")
     assert (tmp_path / "ddp" / "generated_predictions.jsonl").read_text(encoding="utf-8") == single
+
+
+def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(demo_dir, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
+
+    import make_demo_data
+
+    texts = ["红色背景上的一个黑色圆形", "一个蓝色的十字，背景是白色"]
+    tokenizer = make_demo_data.build_bpe_tokenizer(texts, bos=None, eos="<|endoftext|>", pad=None, vocab_size=300)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    args = base_args(
+        demo_dir,
+        tmp_path / "out",
+        decoder_model_name_or_path=str(tmp_path / "gpt2"),
+        do_train=True,
+        max_train_samples=64,
+        max_steps=2,
+        validation_file=None,
+        test_file=None,
+    )
+    cap.main(to_argv(args))
+    model = VisionEncoderDecoderModel.from_pretrained(tmp_path / "out")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert saved.pad_token == "[PAD]" and saved.pad_token_id == len(tokenizer)
+    assert model.decoder.get_input_embeddings().num_embeddings == len(tokenizer) + 1
+    eos = tokenizer.eos_token_id
+    for target in (model.config, model.generation_config):
+        assert (target.decoder_start_token_id, target.pad_token_id) == (eos, len(tokenizer))
+    assert model.config.eos_token_id == eos
