@@ -124,3 +124,48 @@ class ImageTextCollator:
             if key in kept[0]:
                 batch[key] = torch.tensor([row[key] for row in kept], dtype=torch.long)
         return batch
+
+
+class ImageCaptionCollator:
+    """Images -> `pixel_values`; caption token ids -> `labels` right-padded with -100 (ignored by the loss).
+
+    Rows hold `image_file` and, when they have captions, `labels` (one caption's ids, ending with eos) and, for
+    evaluation, `reference_ids` (every caption of the image, each ending with eos, one after the other; padded
+    with -100 too). Padding with -100 instead of the pad id keeps the loss off the padding, which a model would
+    otherwise learn to produce. An image that no longer decodes is left out of the batch with a warning.
+
+    >>> pad_with_label_pad([[11, 12, 2], [13, 2]])
+    tensor([[  11,   12,    2],
+            [  13,    2, -100]])
+    """
+
+    def __init__(self, image_processor, target_size: int | None = None):
+        self.image_processor = image_processor
+        self.target_size = target_size  # decode JPEGs at a reduced scale when they are much larger
+
+    def __call__(self, rows: list[dict]) -> dict:
+        images, kept = [], []
+        for row in rows:
+            try:
+                images.append(open_image(row["image_file"], self.target_size))
+                kept.append(row)
+            except Exception as exc:  # any decoding failure: the file changed after the check
+                logger.warning(
+                    "Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc
+                )
+        if not kept:
+            raise RuntimeError(
+                f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
+                "after the check before training. Re-run to check them again."
+            )
+        batch = {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
+        for key in ("labels", "reference_ids"):
+            if kept[0].get(key) is not None:
+                batch[key] = pad_with_label_pad([row[key] for row in kept])
+        return batch
+
+
+def pad_with_label_pad(sequences: list[list[int]]) -> torch.Tensor:
+    """Right-pad token id lists to the longest with -100."""
+    length = max(len(s) for s in sequences)
+    return torch.tensor([list(s) + [LABEL_PAD] * (length - len(s)) for s in sequences], dtype=torch.long)

@@ -113,3 +113,29 @@ def write_generated_predictions(path: str | Path, prompts: list[str], prediction
         for prompt, predict, label in zip(prompts, predictions, labels, strict=True):
             f.write(json.dumps({"prompt": prompt, "predict": predict, "label": label}, ensure_ascii=False) + "\n")
     logger.info("%d generated predictions written to %s", len(predictions), path)
+
+
+class MultiReferenceSeq2SeqTrainer(Seq2SeqTrainer):
+    """Encoder-decoder generation eval scored against several references per example (image captioning).
+
+    Eval batches carry `labels` (one reference, teacher-forced: gives eval_loss) and `reference_ids` (all the
+    references of the example, each ending with eos, concatenated). The generation and loss are the stock ones
+    (`synced_gpus` under ZeRO-3 included); only the ids handed to compute_metrics are the `reference_ids`.
+    """
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        references = inputs.get("reference_ids")
+        inputs = {key: value for key, value in inputs.items() if key != "reference_ids"}
+        loss, generated, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        )
+        if generated is None or references is None:
+            return loss, generated, labels
+        return loss, generated, references.to(generated.device)
+
+    def evaluation_loop(self, *args, **kwargs):
+        # transformers' Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples the
+        # distributed sampler repeats to fill the last batch: under DDP the outputs would not line up with the data
+        # (more predictions than images). gather_for_metrics drops them.
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)

@@ -984,6 +984,37 @@ def build_tiny_chinese_clip(
     ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out_dir))
 
 
+def caption_characters() -> list[str]:
+    """Every character the shape captions use: the captioning demo's vocabulary (small, so a CPU trains it fast)."""
+    texts = [t.format(fg=fg, bg=bg, shape=s) for fg, bg, s in _shape_combinations() for t in CAPTION_TEMPLATES]
+    return sorted(set("".join(texts)))
+
+
+def build_tiny_chinese_gpt2(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Save a tiny randomly initialised GPT-2 with a BERT vocabulary, like the hub's Chinese GPT-2s (uer/gpt2-chinese-*).
+
+    Like them it has no bos/eos of its own in the tokenizer ([CLS] / [SEP] / [PAD] instead); the captioning script
+    turns it into a decoder with cross-attention.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate the tokenizer, tiny model and demo datasets under --output_dir."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1042,6 +1073,11 @@ def main(argv: list[str] | None = None) -> None:
     build_tiny_chinese_clip(out / "models" / "chinese-clip-tiny", tokenizer)
     build_tiny_vit(out / "models" / "vit-tiny")
     print(f"tiny CLIP   -> {out / 'models' / 'chinese-clip-tiny'}, {out / 'models' / 'vit-tiny'}")
+    caption_tokenizer = _char_tokenizer(out / "models" / "gpt2-tiny-zh", caption_characters())
+    build_tiny_chinese_gpt2(out / "models" / "gpt2-tiny-zh", caption_tokenizer)
+    print(
+        f"tiny GPT-2  -> {out / 'models' / 'gpt2-tiny-zh'} (BERT vocabulary of the caption characters, {len(caption_tokenizer)} tokens; for captioning with vit-tiny)"
+    )
 
     print(f"done in {time.perf_counter() - start:.1f}s")
 

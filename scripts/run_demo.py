@@ -11,6 +11,7 @@ to outputs/<task>.log and its metrics are read back from output_dir/all_results.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +53,13 @@ TASKS = [
         "examples/clip_demo.json",
         ["eval_i2t_R@5", "eval_t2i_R@5", "eval_mean_recall"],
     ),
+    (
+        "captioning",
+        "run_image_captioning.py",
+        "examples/captioning_demo.json",
+        ["eval_bleu-4", "eval_rouge-l", "eval_cider-d", "predict_color_accuracy"],
+        ["--do_train", "false"],
+    ),
 ]
 
 
@@ -90,7 +98,31 @@ def run_task(
     if code != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-30:]
         sys.exit(f"{task} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
-    return json.loads((output_dir / "all_results.json").read_text(encoding="utf-8")), seconds, output_dir
+    metrics = json.loads((output_dir / "all_results.json").read_text(encoding="utf-8"))
+    if (output_dir / "generated_predictions.jsonl").is_file() and script == "run_image_captioning.py":
+        metrics["predict_color_accuracy"] = caption_color_accuracy(output_dir / "generated_predictions.jsonl")
+    return metrics, seconds, output_dir
+
+
+def caption_colors(caption: str) -> tuple[str | None, str | None]:
+    """(shape colour, background colour) named in a demo caption; None where it names none.
+
+    >>> caption_colors("蓝色背景上的一个红色圆形"), caption_colors("一个黑色的十字，背景是白色")
+    (('红色', '蓝色'), ('黑色', '白色'))
+    """
+    from make_demo_data import SHAPE_COLORS, SHAPES
+
+    colors, shapes = "|".join(SHAPE_COLORS), "|".join(SHAPES)
+    shape = re.search(f"({colors})的?(?:{shapes})", caption)
+    background = re.search(f"({colors})(?:背景|的底色)|背景是({colors})", caption)
+    return (shape and shape.group(1), background and (background.group(1) or background.group(2)))
+
+
+def caption_color_accuracy(predictions_file: Path) -> float:
+    """Share of generated captions (generated_predictions.jsonl) naming both colours of their image right."""
+    lines = [json.loads(line) for line in Path(predictions_file).read_text(encoding="utf-8").splitlines()]
+    right = sum(caption_colors(line["predict"]) == caption_colors(line["references"][0]) for line in lines)
+    return round(right / max(len(lines), 1), 4)
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ LAUNCHERS = sorted(p for p in (ROOT / "scripts").glob("*.sh") if not p.name.star
 SCRIPT_OF_PREFIX = {
     "classification": "run_classification",
     "clm": "run_clm",
+    "captioning": "run_image_captioning",
     "clip": "run_clip",
     "seq2seq": "run_seq2seq_ptuning",
 }

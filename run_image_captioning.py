@@ -1,0 +1,403 @@
+"""Train an image -> Chinese caption model (VisionEncoderDecoder: a ViT encoder + a Chinese GPT-2 / BERT decoder).
+
+    python run_image_captioning.py examples/captioning_demo.json
+    python run_image_captioning.py --encoder_model_name_or_path google/vit-base-patch16-224 \
+        --decoder_model_name_or_path uer/gpt2-chinese-cluecorpussmall --train_file data/train.csv \
+        --validation_file data/valid.csv --image_column image_path --caption_column text \
+        --output_dir outputs/captioning --do_train --do_eval --num_beams 4 --max_new_tokens 16
+    torchrun --nproc_per_node 8 run_image_captioning.py examples/captioning_vit_gpt2_chinese.json
+
+The model is an existing `VisionEncoderDecoderModel` checkpoint (--model_name_or_path), or one glued together
+from an image encoder and a Chinese decoder that gets new cross-attention layers. Captions end with eos; the
+decoder starts from [CLS] (BERT vocabularies) or bos, and pads with a token that is not eos. The data is the
+`text,image_path` format of run_clip.py, with the same image checks (broken images skipped and listed in
+output_dir/skipped_images.txt). Evaluation generates one caption per image (greedy unless --num_beams) and scores
+it against all captions of that image: BLEU-4, ROUGE-L and CIDEr-D on characters (metrics.caption_metrics).
+The output_dir holds the model, tokenizer and image processor:
+
+    model = AutoModelForImageTextToText.from_pretrained(output_dir)   # a VisionEncoderDecoderModel
+    pixel_values = AutoImageProcessor.from_pretrained(output_dir)(images, return_tensors="pt").pixel_values
+    captions = AutoTokenizer.from_pretrained(output_dir).batch_decode(model.generate(pixel_values),
+                                                                      skip_special_tokens=True)
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    VisionEncoderDecoderModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from arguments import (
+    DataTrainingArguments,
+    GenerationArguments,
+    ImageDataArguments,
+    ModelArguments,
+    common_problems,
+    generation_problems,
+    image_data_problems,
+    parse_args,
+    raise_if_problems,
+)
+from collators import LABEL_PAD, ImageCaptionCollator
+from mechanics import image_target_size, load_image_text_datasets, setup_run, train_evaluate_predict
+from metrics import caption_metrics, strip_tokenizer_spaces
+from trainer_seq2seq import MultiReferenceSeq2SeqTrainer, build_generation_config, decode_generations
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptioningArguments:
+    """Arguments only image captioning needs."""
+
+    encoder_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Build a model: its image encoder, e.g. google/vit-base-patch16-224 (with its image processor). "
+            "Use with --decoder_model_name_or_path instead of --model_name_or_path."
+        },
+    )
+    decoder_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Build a model: its text decoder, a Chinese GPT-2 (e.g. uer/gpt2-chinese-cluecorpussmall) or "
+            "BERT; it gets new cross-attention layers and its tokenizer is used."
+        },
+    )
+    max_target_length: int = field(
+        default=32, metadata={"help": "Longest caption in tokens, eos included; longer ones are cut (eos kept)."}
+    )
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Keep the image encoder's weights fixed: train the decoder only."}
+    )
+
+
+ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataTrainingArguments,
+    ImageDataArguments,
+    CaptioningArguments,
+    GenerationArguments,
+    Seq2SeqTrainingArguments,
+)
+
+
+def caption_labels(token_ids: list[int], eos_token_id: int, max_length: int) -> list[int]:
+    """A caption's labels: its token ids cut to leave room for eos, then eos (the model learns to stop).
+
+    >>> caption_labels([11, 12, 13], eos_token_id=2, max_length=3)
+    [11, 12, 2]
+    """
+    return token_ids[: max_length - 1] + [eos_token_id]
+
+
+def split_references(ids, eos_token_id: int) -> list[list[int]]:
+    """Concatenated references (each ending with eos, then -100 padding) back into one id list per reference.
+
+    >>> split_references([11, 12, 2, 13, 2, -100], eos_token_id=2)
+    [[11, 12], [13]]
+    """
+    references, current = [], []
+    for token in ids:
+        if token == LABEL_PAD:
+            break
+        if token == eos_token_id:
+            references.append(current)
+            current = []
+        else:
+            current.append(token)
+    return references + ([current] if current else [])
+
+
+def set_special_tokens(tokenizer) -> int:
+    """Give the tokenizer an eos that ends captions and a pad token that differs from it; returns tokens added.
+
+    BERT vocabularies (also the Chinese GPT-2s' vocabularies) end a text with [SEP] and pad with [PAD]; GPT-2's own
+    vocabulary has only <|endoftext|>, so a pad token is added (the decoder's embeddings grow by one).
+    """
+    added = 0
+    if tokenizer.eos_token is None:
+        if tokenizer.sep_token is not None:
+            tokenizer.eos_token = tokenizer.sep_token
+        else:
+            added += tokenizer.add_special_tokens({"eos_token": "</s>"})
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        added += tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    return added
+
+
+def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
+    """The image processor saved with a vision model; a clear error when the checkpoint has none."""
+    try:
+        # the PIL backend: the one that works without torchvision, and the same pixels on every machine
+        return AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
+            f"values: {exc}. Use a vision checkpoint that ships one (every ViT on the hub does), or save one next "
+            "to the weights with ViTImageProcessor(...).save_pretrained(dir)."
+        ) from None
+
+
+def check_models(model_args, caption_args, hub_kwargs: dict) -> None:
+    """Fail early, naming what to pass instead, when a model given is not of the kind its argument needs."""
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        if config.model_type != "vision-encoder-decoder":
+            raise ValueError(
+                f"--model_name_or_path '{model_args.model_name_or_path}' is a {config.model_type} model, not a "
+                "VisionEncoderDecoderModel. To build a captioning model from an image encoder and a text decoder, "
+                "pass them as --encoder_model_name_or_path and --decoder_model_name_or_path instead."
+            )
+        return
+    encoder_config = AutoConfig.from_pretrained(caption_args.encoder_model_name_or_path, **hub_kwargs)
+    if hasattr(encoder_config, "text_config"):
+        raise ValueError(
+            f"--encoder_model_name_or_path '{caption_args.encoder_model_name_or_path}' is a {encoder_config.model_type} "
+            "image-text model; pass a vision encoder (ViT, DeiT, Swin, BEiT...), e.g. google/vit-base-patch16-224."
+        )
+    decoder_config = AutoConfig.from_pretrained(caption_args.decoder_model_name_or_path, **hub_kwargs)
+    if decoder_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"--decoder_model_name_or_path '{caption_args.decoder_model_name_or_path}' is a "
+            f"{decoder_config.model_type} model, which cannot generate text; pass a Chinese GPT-2 (e.g. "
+            "uer/gpt2-chinese-cluecorpussmall) or BERT (e.g. bert-base-chinese)."
+        )
+
+
+def load_model(model_args, caption_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
+    """A VisionEncoderDecoder checkpoint, or a new one from an image encoder and a decoder with cross-attention."""
+    if model_args.model_name_or_path:
+        return VisionEncoderDecoderModel.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **load_kwargs
+        )
+    # transformers 5 no longer turns a GPT-2 / BERT config into a decoder itself ('GPT2Config' object has no
+    # attribute 'is_decoder'): the config is loaded here and given the cross-attention that reads the image
+    hub_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
+    decoder_config = AutoConfig.from_pretrained(caption_args.decoder_model_name_or_path, **hub_kwargs)
+    decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+    encoder = AutoModel.from_pretrained(caption_args.encoder_model_name_or_path, **load_kwargs)
+    decoder = AutoModelForCausalLM.from_pretrained(
+        caption_args.decoder_model_name_or_path, config=decoder_config, **load_kwargs
+    )
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    logger.info(
+        "Built a captioning model: %s (%s) + %s (%s); the cross-attention layers are new and trained from scratch.",
+        caption_args.encoder_model_name_or_path,
+        type(model.encoder).__name__,
+        caption_args.decoder_model_name_or_path,
+        type(model.decoder).__name__,
+    )
+    return model
+
+
+def per_image_rows(dataset: Dataset) -> dict[str, list]:
+    """Evaluation rows: one per image with all its captions (rows of `load_image_text_datasets` are per caption)."""
+    rows: dict[int, dict] = {}
+    for path, file, caption, index in zip(
+        dataset["image_path"], dataset["image_file"], dataset["caption"], dataset["image_index"]
+    ):
+        row = rows.setdefault(index, {"image_path": path, "image_file": file, "captions": []})
+        if caption is not None:
+            row["captions"].append(caption)
+    return {key: [row[key] for row in rows.values()] for key in ("image_path", "image_file", "captions")}
+
+
+class SaveImageProcessorCallback(TrainerCallback):
+    """Save the image processor into every checkpoint: the Trainer saves only the tokenizer (processing_class)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.image_processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def write_caption_predictions(path: Path, image_paths: list[str], predictions: list[str], references: list) -> None:
+    """generated_predictions.jsonl: one {"image_path", "predict", "references"} object per image (UTF-8)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for image_path, predict, refs in zip(image_paths, predictions, references, strict=True):
+            line = {"image_path": image_path, "predict": predict, "references": refs}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    logger.info("%d generated captions written to %s", len(predictions), path)
+
+
+def main(argv=None) -> dict:
+    # 1. arguments, validated before anything heavy is loaded
+    model_args, data_args, image_args, caption_args, gen_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
+    problems = common_problems(model_args, data_args, training_args) + image_data_problems(image_args)
+    problems += generation_problems(gen_args)
+    parts = (caption_args.encoder_model_name_or_path, caption_args.decoder_model_name_or_path)
+    if model_args.model_name_or_path and any(parts):
+        problems.append(
+            "Pass either --model_name_or_path (a VisionEncoderDecoder checkpoint) or --encoder_model_name_or_path "
+            "with --decoder_model_name_or_path (to build one), not both."
+        )
+    elif not model_args.model_name_or_path and not all(parts):
+        problems.append(
+            "--model_name_or_path is required (a VisionEncoderDecoder checkpoint), or both "
+            "--encoder_model_name_or_path (e.g. google/vit-base-patch16-224) and --decoder_model_name_or_path "
+            "(e.g. uer/gpt2-chinese-cluecorpussmall) to build one."
+        )
+    for name, path in zip(("encoder_model_name_or_path", "decoder_model_name_or_path"), parts):
+        if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            problems.append(f"--{name} '{path}' does not exist.")
+    if model_args.config_name:
+        problems.append("--config_name is not used by run_image_captioning.py; the config comes with the model(s).")
+    if caption_args.max_target_length < 2:
+        problems.append(
+            f"--max_target_length must be at least 2 (a token and eos), got {caption_args.max_target_length}."
+        )
+    raise_if_problems(problems)
+
+    # 2. logging, seed
+    setup_run(training_args)
+    if (training_args.do_eval or training_args.do_predict) and not training_args.predict_with_generate:
+        logger.info("Captions are scored by generating them: turning on --predict_with_generate.")
+        training_args.predict_with_generate = True
+    # the collator reads `image_file` / `labels` / `reference_ids`; the Trainer would drop them as non-model inputs
+    training_args.remove_unused_columns = False
+
+    # 3. image processor and tokenizer first: the image check decodes images at the processor's resolution
+    hub_kwargs = model_args.hub_kwargs()
+    model_path = model_args.model_name_or_path
+    check_models(model_args, caption_args, hub_kwargs)
+    if model_path:
+        image_processor = load_image_processor(model_path, "model_name_or_path", hub_kwargs)
+    else:
+        image_processor = load_image_processor(parts[0], "encoder_model_name_or_path", hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path or parts[1], **hub_kwargs)
+    added_tokens = set_special_tokens(tokenizer)
+    target_size = image_target_size(image_processor)
+
+    # 4. data: every image decoded once, broken ones skipped and listed; captions -> labels
+    with training_args.main_process_first(desc="loading data and checking images"):
+        pairs = load_image_text_datasets(
+            data_args, image_args, training_args, target_size, model_args.cache_dir, captions_optional=("test",)
+        )
+    eos = tokenizer.eos_token_id
+
+    def encode(captions: list[str]) -> tuple[list[list[int]], int]:
+        ids = tokenizer([strip_tokenizer_spaces(c) for c in captions], add_special_tokens=False)["input_ids"]
+        cut = sum(len(i) > caption_args.max_target_length - 1 for i in ids)
+        return [caption_labels(i, eos, caption_args.max_target_length) for i in ids], cut
+
+    data = {}
+    for split, ds in pairs.items():
+        if split == "train":  # every caption row is a training example
+            labels, cut = encode(ds["caption"])
+            data[split] = Dataset.from_dict({"image_file": ds["image_file"], "labels": labels})
+        else:  # one example per image, scored against all its captions
+            columns = per_image_rows(ds)
+            cut = 0
+            if any(columns["captions"]):
+                references = []
+                for captions in columns["captions"]:
+                    ids, n_cut = encode(captions)
+                    references.append(ids)
+                    cut += n_cut
+                columns["labels"] = [ids[0] for ids in references]
+                columns["reference_ids"] = [sum(ids, []) for ids in references]
+            data[split] = Dataset.from_dict(columns)
+        if cut:
+            logger.warning(
+                "%s: %d captions are longer than --max_target_length %d tokens and were cut.",
+                split,
+                cut,
+                caption_args.max_target_length,
+            )
+
+    # 5. model, with explicit decoder start / pad / eos on both the config and the generation config
+    model = load_model(model_args, caption_args, dict(hub_kwargs, dtype=model_args.dtype))
+    rows = model.decoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
+        model.decoder.resize_token_embeddings(len(tokenizer))
+        logger.info(
+            "The decoder's embeddings grew from %d to %d rows for the tokenizer's tokens.", rows, len(tokenizer)
+        )
+    if added_tokens:
+        logger.info(
+            "Added %d special token(s) to the tokenizer: eos %s, pad %s",
+            added_tokens,
+            tokenizer.eos_token,
+            tokenizer.pad_token,
+        )
+    start = model.config.decoder_start_token_id if model_path else None
+    if start is None:  # BERT vocabularies start from [CLS]; GPT-2's from its bos (= <|endoftext|>)
+        start = next(i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, eos) if i is not None)
+    for target in (model.config, model.generation_config):
+        target.decoder_start_token_id, target.pad_token_id, target.eos_token_id = start, tokenizer.pad_token_id, eos
+    logger.info(
+        "Decoder start %s, eos %s, pad %s",
+        *(f"{tokenizer.convert_ids_to_tokens(i)} ({i})" for i in (start, eos, tokenizer.pad_token_id)),
+    )
+    if caption_args.freeze_encoder:
+        model.encoder.requires_grad_(False)
+        logger.info(
+            "--freeze_encoder: %d encoder weights stay fixed.", sum(p.numel() for p in model.encoder.parameters())
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
+
+    # 6. collator, generation settings, metrics
+    collator = ImageCaptionCollator(image_processor, target_size)
+    generation_config = build_generation_config(gen_args, tokenizer, model, caption_args.max_target_length)
+    model.generation_config = generation_config  # the saved model then captions the way it was evaluated
+
+    def decode_references(label_ids) -> list[list[str]]:
+        return [decode_generations(tokenizer, split_references(row, eos)) for row in label_ids.tolist()]
+
+    def compute_metrics(eval_pred) -> dict:
+        predictions = decode_generations(tokenizer, eval_pred.predictions)
+        return caption_metrics(predictions, decode_references(eval_pred.label_ids))
+
+    # 7. trainer
+    trainer = MultiReferenceSeq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.get("train"),
+        eval_dataset=data.get("validation"),
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        generation_config=generation_config,
+        callbacks=[SaveImageProcessorCallback(image_processor)],
+    )
+    if training_args.do_train and training_args.should_save:
+        image_processor.save_pretrained(training_args.output_dir)
+
+    def write_predictions(output) -> None:
+        test = data["test"]
+        write_caption_predictions(
+            Path(training_args.output_dir) / "generated_predictions.jsonl",
+            test["image_path"],
+            decode_generations(tokenizer, output.predictions),
+            test["captions"],
+        )
+
+    # 8-10. train, evaluate, predict
+    return train_evaluate_predict(
+        trainer,
+        training_args,
+        train_dataset=data.get("train"),
+        eval_dataset=data.get("validation"),
+        predict_dataset=data.get("test"),
+        after_predict=write_predictions,
+    )
+
+
+if __name__ == "__main__":
+    main()
