@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train a Chinese CLIP on text,image_path pairs: one GPU (or CPU) by default, several GPUs with torchrun or DeepSpeed.
+# Train a Chinese CLIP on text,image_path pairs: one GPU (or CPU) by default, several GPUs with torchrun.
 #
 #   bash scripts/run_clip.sh                                              # 1 process, fine-tune Chinese-CLIP
 #   NUM_GPUS=8 bash scripts/run_clip.sh                                   # torchrun, 8 GPUs, negatives from all 8

@@ -42,3 +42,16 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     make_demo_data.main(["--output_dir", str(out)])
     return out
+
+
+@pytest.fixture
+def one_process_world(monkeypatch):
+    """Parse a --deepspeed config in this process: a world of one, no process group (dry run), state undone after."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("DRY_RUN", "1")
+    yield
+    unset_hf_deepspeed_config()

@@ -92,7 +92,8 @@ def test_zero3_auto_sizes_resolve_for_encoder_decoder_and_dual_encoder():
     assert zero["stage3_param_persistence_threshold"] == 960
 
     bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    dual = VisionTextDualEncoderConfig.from_vision_text_configs(vit, bert, projection_dim=16)  # run_clip.py's
+    # run_clip.py builds this one (DeepSpeed itself then refuses its 0-dim logit_scale: see below)
+    dual = VisionTextDualEncoderConfig.from_vision_text_configs(vit, bert, projection_dim=16)
     zero = resolved_zero3(dual, fill=True)["zero_optimization"]
     assert "auto" not in json.dumps(zero) and zero["reduce_bucket_size"] in (32 * 32, 48 * 48)
 
@@ -162,6 +163,19 @@ def test_dry_run_validates_prints_and_stops_before_the_data(demo_dir, tmp_path, 
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--train_file"):
         run_classification.main([*argv[:2], "--train_file", str(tmp_path / "missing.csv"), *argv[4:]])
+
+
+def test_run_clip_refuses_deepspeed_before_loading_anything(demo_dir, tmp_path, one_process_world):
+    """DeepSpeed 0.19.8 views every parameter as bytes to broadcast it: CLIP's 0-dim logit_scale fails (any stage)."""
+    import run_clip
+
+    argv = [
+        "--model_name_or_path", str(demo_dir / "models" / "chinese-clip-tiny"),
+        "--train_file", str(demo_dir / "data" / "shapes" / "train.csv"), "--do_train", "--use_cpu",
+        "--output_dir", str(tmp_path / "out"), "--deepspeed", str(ROOT / "ds_configs" / "zero2.json"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="DeepSpeed .* cannot start on a CLIP model.*Use torchrun"):
+        run_clip.main(argv)
 
 
 # Real multi-process runs: 2 processes on CPU over gloo, as CI runs them.
