@@ -326,10 +326,10 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
             conflicts.append(
                 f"`{action.dest}` (in {source}) is {value!r}; choose one of: {', '.join(map(str, action.choices))}."
             )
-    # argparse runs string defaults through each option's type, so YAML's `learning_rate: 2e-5` (a string
-    # to PyYAML) becomes a float, exactly as if it had been typed on the command line.
     if "ddp_timeout" in parser.dest_of.values():  # ranks wait at main_process_first while rank 0 tokenizes
         parser.set_defaults(ddp_timeout=DEFAULT_DDP_TIMEOUT)
+    # argparse runs string defaults through each option's type, so YAML's `learning_rate: 2e-5` (a string
+    # to PyYAML) becomes a float, exactly as if it had been typed on the command line.
     parser.set_defaults(**{k: v for k, v in file_values.items() if k in parser.dest_of.values()})
     try:
         if "use_cpu" in parser.dest_of.values():  # TrainingArguments set up the devices when built: prepare first
@@ -557,7 +557,6 @@ def image_data_problems(image_args: ImageDataArguments) -> list[str]:
 
 # Multi-process launches and the dry run. torchrun / deepspeed set WORLD_SIZE, RANK and LOCAL_RANK for each process.
 DEFAULT_DDP_TIMEOUT = 3 * 60 * 60  # seconds; torch's 30 minutes is too short for rank 0 tokenizing a big corpus
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def launch_flags(use_cpu: bool, deepspeed, environ: Mapping[str, str], has_accelerator: bool) -> list[str]:
