@@ -59,6 +59,15 @@ def test_example_config_parses(config, request):
         assert (ROOT / training_args.deepspeed).is_file()
 
 
+def test_parsing_deepspeed_examples_left_no_process_group_behind():
+    """Runs after test_example_config_parses: later in-process tests must not train inside a process group."""
+    import torch.distributed as dist
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    assert any("deepspeed" in p.read_text(encoding="utf-8") for p in EXAMPLES)
+    assert not dist.is_initialized() and not is_deepspeed_zero3_enabled()
+
+
 @pytest.mark.parametrize("launcher", sorted((ROOT / "scripts").glob("*.sh")), ids=lambda p: p.name)
 def test_launcher_is_valid_bash(launcher):
     subprocess.run(["bash", "-n", str(launcher)], check=True)
