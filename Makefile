@@ -6,6 +6,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+DEEPSPEED_VERSION ?= 0.19.8
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
@@ -17,8 +18,12 @@ $(PY):
 
 # torch goes first and pinned: anything that merely depends on "torch" would otherwise pull
 # the newest CUDA build (gigabytes). Skipped when the venv already has a torch.
+# deepspeed builds against that torch: without --no-build-isolation pip would fetch another (CUDA) torch
+# into a build environment. Its ops compile on first use (g++ and ninja), so the install is pure Python.
 $(STAMP): requirements.txt | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -c "import deepspeed" 2>/dev/null || ( $(PY) -m pip install -q setuptools wheel && \
+		$(PY) -m pip install -q --no-build-isolation deepspeed==$(DEEPSPEED_VERSION) )
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 

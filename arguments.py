@@ -332,10 +332,15 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
             conflicts.append(
                 f"`{action.dest}` (in {source}) is {value!r}; choose one of: {', '.join(map(str, action.choices))}."
             )
+    if "ddp_timeout" in parser.dest_of.values():  # ranks wait at main_process_first while rank 0 tokenizes
+        parser.set_defaults(ddp_timeout=DEFAULT_DDP_TIMEOUT)
     # argparse runs string defaults through each option's type, so YAML's `learning_rate: 2e-5` (a string
     # to PyYAML) becomes a float, exactly as if it had been typed on the command line.
     parser.set_defaults(**{k: v for k, v in file_values.items() if k in parser.dest_of.values()})
     try:
+        if "use_cpu" in parser.dest_of.values():  # TrainingArguments set up the devices when built: prepare first
+            known, _ = parser.parse_known_args(cli)
+            cli = cli + prepare_launch(known.use_cpu, known.deepspeed)
         *parsed, remaining = parser.parse_args_into_dataclasses(
             args=cli, return_remaining_strings=True, look_for_args_file=False
         )
@@ -357,6 +362,8 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
         )
     if problems:
         raise ValueError("\n".join(problems))
+    if dry_run_requested():
+        print_arguments(parsed)
     return tuple(parsed)
 
 
@@ -552,3 +559,77 @@ def image_data_problems(image_args: ImageDataArguments) -> list[str]:
                 f"--image_cache_dir '{image_args.image_cache_dir}' cannot be created or written ('{existing}' is read-only)."
             )
     return problems
+
+
+# Multi-process launches and the dry run. torchrun / deepspeed set WORLD_SIZE, RANK and LOCAL_RANK for each process.
+DEFAULT_DDP_TIMEOUT = 3 * 60 * 60  # seconds; torch's 30 minutes is too short for rank 0 tokenizing a big corpus
+
+
+def launch_flags(use_cpu: bool, deepspeed, environ: Mapping[str, str], has_accelerator: bool) -> list[str]:
+    """Flags a launch needs added: `--use_cpu` for torchrun / deepspeed on a machine without GPUs.
+
+    Without it accelerate builds no process group on a CPU-only machine and every rank silently trains
+    alone (world size 1, all writing the same output_dir); DeepSpeed fails its batch-size check.
+    """
+    launched = int(environ.get("WORLD_SIZE", "1")) > 1
+    if use_cpu or has_accelerator or not (launched or deepspeed):
+        return []
+    logger.warning("No GPU found: adding --use_cpu so the processes train together over gloo.")
+    return ["--use_cpu"]
+
+
+def prepare_launch(use_cpu: bool, deepspeed) -> list[str]:
+    """Get the process ready for multi-process / DeepSpeed training before TrainingArguments set up the devices.
+
+    Returns flags to add to the command line (see `launch_flags`). With --deepspeed in a plain `python run_x.py`
+    (no launcher) DeepSpeed would look for MPI, so the variables of a one-process world are set. ZeRO-3 on CPU
+    also needs DeepSpeed's own gloo process group before `from_pretrained` partitions the weights (zero.Init).
+    """
+    import torch
+
+    has_accelerator = torch.accelerator.is_available()
+    flags = launch_flags(use_cpu, deepspeed, os.environ, has_accelerator)
+    if not deepspeed:
+        return flags
+    if not any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+        defaults["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
+        os.environ.update(defaults)
+        logger.info("--deepspeed without a launcher: running as a world of one process (%s).", defaults)
+    if not has_accelerator and not dry_run_requested():
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend="gloo")
+    return flags
+
+
+def free_port() -> int:
+    """A TCP port no process listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dry_run_requested() -> bool:
+    """DRY_RUN=1 in the environment: parse and validate the arguments, print them, and stop before any data."""
+    return os.environ.get("DRY_RUN", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def print_arguments(parsed: Sequence) -> None:
+    """Print, per argument class, the values that differ from the defaults (what a dry run resolved to)."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    for obj in parsed:
+        values = {}
+        for f in fields(obj):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            value = getattr(obj, f.name)
+            # TrainingArguments normalise some defaults when built ("none" -> [], None -> a default config)
+            unchanged = value == default or (not value and not default)
+            if is_dataclass(value) and default is None:
+                unchanged = value == type(value)()
+            if f.init and not unchanged:
+                values[f.name] = value
+        print(f"{type(obj).__name__}: {json.dumps(values, ensure_ascii=False, default=str, indent=2)}")

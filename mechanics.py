@@ -40,8 +40,14 @@ DATA_FORMATS = {
 ENCODING_SAMPLE_BYTES = 1 << 20  # check the first MiB of each file before handing it to `datasets`
 
 
-def setup_run(training_args) -> None:
-    """Logging (INFO on the main process, WARNING elsewhere, one format for all libraries) and the seed."""
+def setup_run(training_args, model_parallel: bool = False) -> None:
+    """Logging (INFO on the main process, WARNING elsewhere, one format for all libraries) and the seed.
+
+    Called right after the arguments are validated: it also refuses a single process on several GPUs
+    (DataParallel) unless `model_parallel`, and ends a dry run (DRY_RUN=1) here, before any data is read.
+    """
+    refuse_data_parallel(training_args, model_parallel)
+    end_dry_run()
     transformers.set_seed(training_args.seed)
     if training_args.dataloader_pin_memory and not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns every epoch
@@ -313,6 +319,7 @@ def train_evaluate_predict(
     the task's predictions file from `trainer.predict`'s output.
     """
     results = {}
+    fill_deepspeed_hidden_size(trainer)
     if training_args.do_train:
         outcome = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
         trainer.save_model()
@@ -837,3 +844,62 @@ def write_skipped_images(skipped: list[tuple], training_args) -> None:
     lines = ["split\timage_path\tfile\tproblem\trows"]
     lines += ["\t".join(str(v) for v in entry) for entry in skipped]
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def refuse_data_parallel(training_args, model_parallel: bool = False) -> None:
+    """Refuse a plain `python run_x.py` that sees several GPUs, and print the torchrun command instead.
+
+    The Trainer would wrap the model in torch DataParallel: slower than DDP, every batch gathered on GPU 0
+    (a common OOM). `model_parallel` (run_seq2seq_ptuning.py --model_parallel_mode) is the one intended
+    single-process use of several GPUs.
+    """
+    gpus = torch.cuda.device_count()
+    launched = any(name in os.environ for name in ("WORLD_SIZE", "LOCAL_RANK"))
+    if gpus < 2 or launched or model_parallel or training_args.use_cpu or training_args.deepspeed:
+        return
+    import shlex
+
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "run_x.py"
+    torchrun = shlex.join(["torchrun", "--nproc_per_node", str(gpus), script, *sys.argv[1:]])
+    raise ValueError(
+        f"{gpus} GPUs are visible to this single process, which would train them with DataParallel (slow, and "
+        f"GPU 0 runs out of memory first). Start one process per GPU:\n  {torchrun}\n"
+        f"or train on one GPU: CUDA_VISIBLE_DEVICES=0 python {shlex.join([script, *sys.argv[1:]])}\n"
+        "(run_seq2seq_ptuning.py can also spread one large model over the GPUs: --model_parallel_mode)."
+    )
+
+
+def end_dry_run() -> None:
+    """DRY_RUN=1: the arguments were parsed (and printed by parse_args) and validated; stop before any data."""
+    from arguments import dry_run_requested
+
+    if dry_run_requested():
+        print("DRY_RUN: the arguments are valid; exiting before loading data or models.")
+        raise SystemExit(0)
+
+
+def fill_deepspeed_hidden_size(trainer) -> None:
+    """Fill DeepSpeed's hidden-size based "auto" values for models whose config has no top-level hidden_size.
+
+    transformers sizes ZeRO buckets from `config.hidden_size` (or text_config's) and raises for a
+    vision-encoder-decoder (encoder / decoder sub-configs); this uses the largest sub-config hidden size,
+    with transformers' own formulas, before `deepspeed_init` asks.
+    """
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    hf_config = getattr(plugin, "hf_ds_config", None)
+    config = getattr(trainer.model, "config", None)
+    if hf_config is None or config is None or hasattr(config, "hidden_size") or hasattr(config, "hidden_sizes"):
+        return
+    sizes = []
+    for name in ("text_config", "vision_config", "encoder", "decoder"):
+        sub = getattr(config, name, None)
+        size = getattr(sub, "hidden_size", None) or max(getattr(sub, "hidden_sizes", None) or [0])
+        if size:
+            sizes.append(size)
+    if not sizes:
+        return  # transformers raises its own error naming the keys to set
+    hidden = max(sizes)
+    hf_config.fill_only("zero_optimization.reduce_bucket_size", hidden * hidden)
+    if hf_config.is_zero3():
+        hf_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+        hf_config.fill_only("zero_optimization.stage3_param_persistence_threshold", 10 * hidden)

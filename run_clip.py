@@ -366,6 +366,12 @@ def main(argv=None) -> dict:
     for name in ("max_seq_length", "top_k", "projection_dim"):
         if getattr(clip_args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(clip_args, name)}.")
+    if training_args.deepspeed:  # it broadcasts every parameter viewed as bytes, impossible for a 0-dim one
+        problems.append(
+            f"--deepspeed {training_args.deepspeed}: DeepSpeed (0.19) cannot start on a CLIP model, it fails on "
+            "the 0-dim logit_scale parameter at any ZeRO stage. Use torchrun (DDP) instead: CLIP models fit on "
+            "one GPU, and --gather_negatives gives every rank the negatives of the global batch."
+        )
     raise_if_problems(problems)
 
     # 2. logging, seed

@@ -282,7 +282,7 @@ def main(argv=None) -> dict:
     raise_if_problems(problems)
 
     # 2. logging, seed
-    setup_run(training_args)
+    setup_run(training_args, model_parallel=task_args.model_parallel_mode)
     if ft_args.finetuning_type != "lora" and ft_args.lora_rank != FinetuningArguments.lora_rank:
         logger.warning(
             "--lora_rank is set but --finetuning_type is %s: LoRA settings are ignored.", ft_args.finetuning_type

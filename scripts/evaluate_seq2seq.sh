@@ -5,7 +5,9 @@
 #   CHECKPOINT=outputs/adgen-ptuning bash scripts/evaluate_seq2seq.sh            # a P-Tuning or LoRA output dir
 #   CHECKPOINT= MODEL=outputs/adgen-full bash scripts/evaluate_seq2seq.sh        # a full fine-tune: no checkpoint
 #   NUM_GPUS=8 CHECKPOINT=... bash scripts/evaluate_seq2seq.sh                   # torchrun, 8 GPUs
-#   DRY_RUN=1 bash scripts/evaluate_seq2seq.sh                                   # print the command, run nothing
+#   CHECKPOINT= MODEL=outputs/adgen-full-zero3 NUM_GPUS=8 DEEPSPEED=ds_configs/zero3.json bash scripts/evaluate_seq2seq.sh
+#                                                                                # ZeRO-3: weights sharded, generation synced
+#   DRY_RUN=1 bash scripts/evaluate_seq2seq.sh                                   # print the command, check the arguments, train nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fine-tune a Chinese text classifier: one GPU (or CPU) by default, several GPUs with torchrun.
+# Fine-tune a Chinese text classifier: one GPU (or CPU) by default, several GPUs with torchrun or DeepSpeed.
 #
 #   bash scripts/run_classification.sh                                    # 1 process
 #   NUM_GPUS=8 bash scripts/run_classification.sh                         # torchrun, 8 GPUs, 1 machine
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash scripts/run_classification.sh   # on each machine
-#   DRY_RUN=1 bash scripts/run_classification.sh                          # print the command, run nothing
+#   NUM_GPUS=8 DEEPSPEED=ds_configs/zero2.json bash scripts/run_classification.sh   # DeepSpeed ZeRO-2 (zero3.json: models too big for one GPU)
+#   DRY_RUN=1 bash scripts/run_classification.sh                          # print the command, check the arguments, train nothing
 #
 # Extra arguments go to run_classification.py and win over the defaults below, e.g.
 #   bash scripts/run_classification.sh --num_train_epochs 5 --label_delimiter '|'

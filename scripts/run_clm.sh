@@ -8,7 +8,7 @@
 #   NUM_GPUS=8 bash scripts/run_clm.sh                                    # torchrun, 8 GPUs, 1 machine
 #   NUM_GPUS=8 DEEPSPEED=ds_configs/zero2.json bash scripts/run_clm.sh    # DeepSpeed ZeRO-2 launcher
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash scripts/run_clm.sh   # on each machine
-#   DRY_RUN=1 bash scripts/run_clm.sh                                     # print the command, run nothing
+#   DRY_RUN=1 bash scripts/run_clm.sh                                     # print the command, check the arguments, train nothing
 #
 # Extra arguments go to run_clm.py and win over the defaults below, e.g.
 #   bash scripts/run_clm.sh --streaming --max_steps 100000

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Fine-tune a chat model on prompt -> response data (ChatGLM ptuning/ format): P-Tuning v2, LoRA or full.
-# The equivalent of ChatGLM's ptuning/train.sh; one GPU by default, several with torchrun.
+# The equivalent of ChatGLM's ptuning/train.sh; one GPU by default, several with torchrun or DeepSpeed.
 #
 #   bash scripts/run_seq2seq_ptuning.sh                                   # P-Tuning v2, 1 process
 #   FINETUNING_TYPE=lora LR=1e-4 bash scripts/run_seq2seq_ptuning.sh     # LoRA
 #   NUM_GPUS=8 bash scripts/run_seq2seq_ptuning.sh                        # torchrun, 8 GPUs
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash scripts/run_seq2seq_ptuning.sh   # on each machine
-#   DRY_RUN=1 bash scripts/run_seq2seq_ptuning.sh                         # print the command, run nothing
+#   FINETUNING_TYPE=full LR=1e-5 NUM_GPUS=8 DEEPSPEED=ds_configs/zero3.json bash scripts/run_seq2seq_ptuning.sh
+#                                                                         # full fine-tuning, DeepSpeed ZeRO-3
+#   DRY_RUN=1 bash scripts/run_seq2seq_ptuning.sh                         # print the command, check the arguments, train nothing
 #
 # Extra arguments go to run_seq2seq_ptuning.py and win over the defaults below, e.g. --history_column history
 set -euo pipefail

@@ -42,3 +42,27 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     make_demo_data.main(["--output_dir", str(out)])
     return out
+
+
+@pytest.fixture
+def one_process_world(monkeypatch):
+    """Parse a --deepspeed config in this process as a world of one (dry run: no DeepSpeed process group).
+
+    accelerate still starts a one-process gloo group for it: close it and forget the DeepSpeed config after,
+    or every later in-process test would run inside that distributed state.
+    """
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from arguments import free_port
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("DRY_RUN", "1")
+    yield
+    unset_hf_deepspeed_config()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
