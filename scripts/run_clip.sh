@@ -6,7 +6,6 @@
 #   TEXT_MODEL=hfl/chinese-roberta-wwm-ext VISION_MODEL=google/vit-base-patch16-224-in21k \
 #       bash scripts/run_clip.sh --freeze_vision_model                    # build a dual encoder instead
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash scripts/run_clip.sh   # on each machine
-#   NUM_GPUS=8 DEEPSPEED=ds_configs/zero2.json bash scripts/run_clip.sh   # DeepSpeed ZeRO-2 (zero3.json: models too big for one GPU)
 #   DRY_RUN=1 bash scripts/run_clip.sh                                    # print the command, check the arguments, train nothing
 #
 # Extra arguments go to run_clip.py and win over the defaults below, e.g.

@@ -6,7 +6,8 @@
 #   MODEL=yuanzhoulvpi/vit-gpt2-image-chinese-captioning bash scripts/run_image_captioning.sh   # fine-tune one
 #   NUM_GPUS=8 bash scripts/run_image_captioning.sh                        # torchrun, 8 GPUs
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash scripts/run_image_captioning.sh   # on each machine
-#   DRY_RUN=1 bash scripts/run_image_captioning.sh                         # print the command, run nothing
+#   NUM_GPUS=8 DEEPSPEED=ds_configs/zero2.json bash scripts/run_image_captioning.sh   # DeepSpeed ZeRO-2 (zero3.json: too big for one GPU)
+#   DRY_RUN=1 bash scripts/run_image_captioning.sh                         # print the command, check the arguments, train nothing
 #
 # Extra arguments go to run_image_captioning.py and win over the defaults below, e.g.
 #   bash scripts/run_image_captioning.sh --freeze_encoder --image_root /data/images

@@ -114,6 +114,14 @@ def launcher_env(launcher: str, demo_dir: Path, tmp_path: Path, **extra) -> dict
             "VALIDATION_FILE": data / "shapes" / "test.csv",
             "IMAGE_CACHE_DIR": tmp_path / "image_cache",
         },
+        "run_image_captioning.sh": {
+            "MODEL": "",
+            "ENCODER": models / "vit-tiny",
+            "DECODER": models / "gpt2-tiny-zh",
+            "TRAIN_FILE": data / "shapes" / "train.csv",
+            "VALIDATION_FILE": data / "shapes" / "validation.jsonl",
+            "IMAGE_CACHE_DIR": tmp_path / "image_cache",
+        },
         "run_seq2seq_ptuning.sh": {
             "MODEL": models / "llama-tiny-sft-zh",
             "TRAIN_FILE": data / "adgen" / "train.jsonl",
