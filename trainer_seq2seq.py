@@ -8,6 +8,7 @@ alone, that crashes (batch-size mismatch). Here, decoder-only eval batches carry
 Encoder-decoder models keep the stock behaviour.
 """
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -89,12 +90,41 @@ class Seq2SeqTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
         device = self.args.device
         # every rank must keep calling forward until all are done, or ZeRO-3's parameter gathering hangs
         gen_kwargs.setdefault("synced_gpus", is_deepspeed_zero3_enabled())
-        with torch.no_grad():
+        with torch.no_grad(), zero3_step_per_forward(self.model_wrapped, self.model):
             generated = self.model.generate(
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), **gen_kwargs
             )
         generated = generated[:, prompt_ids.shape[1] :]
         return loss, generated, references.to(device) if references is not None else None
+
+    def evaluation_loop(self, *args, **kwargs):
+        # transformers' Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples the
+        # distributed sampler repeats to fill the last batch: under DDP the outputs would not line up with the data
+        # (more predictions than rows). gather_for_metrics drops them.
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def zero3_step_per_forward(engine, model):
+    """Under ZeRO-3, start a new parameter-fetch step at every forward of a peft model's base model.
+
+    DeepSpeed resets its fetch bookkeeping in a pre-forward hook on the module it wraps. A peft model's
+    `generate` calls the base model directly, so that hook never runs: the bookkeeping grows with every
+    generated token and prediction slows down quadratically (LoRA: 4 s for eval, 85 s for the same rows in
+    predict, seen on CPU and on an H200). The extra hook does the reset the wrapper would have done.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    optimizer = getattr(engine, "optimizer", None)
+    offload = getattr(optimizer, "parameter_offload", optimizer)  # stage-3 optimizer, or inference-only offload
+    if not is_deepspeed_zero3_enabled() or base is model or not hasattr(offload, "get_param_coordinator"):
+        yield
+        return
+    hook = base.register_forward_pre_hook(lambda *_: offload.get_param_coordinator().reset_step())
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def decode_generations(tokenizer, token_ids) -> list[str]:
@@ -132,10 +162,3 @@ class MultiReferenceSeq2SeqTrainer(Seq2SeqTrainer):
         if generated is None or references is None:
             return loss, generated, labels
         return loss, generated, references.to(generated.device)
-
-    def evaluation_loop(self, *args, **kwargs):
-        # transformers' Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples the
-        # distributed sampler repeats to fill the last batch: under DDP the outputs would not line up with the data
-        # (more predictions than images). gather_for_metrics drops them.
-        self.gather_function = self.accelerator.gather_for_metrics
-        return super().evaluation_loop(*args, **kwargs)

@@ -251,6 +251,8 @@ def seq2seq_ddp(demo_dir, tmp_path_factory, torch_extensions_dir) -> Path:
     data = demo_dir / "data" / "adgen"
     args = ["--model_name_or_path", str(demo_dir / "models" / "llama-tiny-sft-zh"), *SEQ2SEQ_ARGS]
     args += ["--train_file", str(data / "train.jsonl"), "--validation_file", str(data / "validation.jsonl")]
+    # 7 test rows over 2 ranks x 4: the sampler repeats one row to fill the last batch, which must not reach the file
+    args += ["--do_predict", "--test_file", str(data / "test.jsonl"), "--max_predict_samples", "7"]
     launch("torchrun", "run_seq2seq_ptuning.py", [*args, "--output_dir", str(tmp / "out")], tmp, torch_extensions_dir)
     return tmp / "out"
 
@@ -263,6 +265,8 @@ def test_torchrun_ddp_seq2seq_trains_on_two_ranks_and_evaluates_by_generation(se
     assert metrics["eval_samples"] == 8 and "eval_rouge-l" in metrics and "eval_bleu-4" in metrics
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert losses[-1] < losses[0]
+    lines = (seq2seq_ddp / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert metrics["predict_samples"] == 7 and len(lines) == 7
 
 
 @pytest.mark.multiprocess

@@ -353,3 +353,34 @@ def test_quantization_problems(monkeypatch):
     problems = s2s.quantization_problems(4, "full")
     assert problems[0].startswith("--quantization_bit needs bitsandbytes: `pip install bitsandbytes`")
     assert problems[1].startswith("--quantization_bit trains adapters only")
+
+
+def test_zero3_generation_resets_deepspeed_fetch_steps_for_peft_models(monkeypatch):
+    """peft's generate calls the base model directly, past DeepSpeed's reset hook on the wrapped peft model."""
+    import trainer_seq2seq
+
+    class Coordinator:
+        resets = 0
+
+        def reset_step(self):
+            Coordinator.resets += 1
+
+    class Offload:  # what engine.optimizer.parameter_offload offers
+        def get_param_coordinator(self):
+            return Coordinator()
+
+    class Engine:
+        optimizer = type("Stage3", (), {"parameter_offload": Offload()})()
+
+    base = torch.nn.Linear(2, 2)
+    peft_like = type("Peft", (), {"get_base_model": lambda self: base})()
+    monkeypatch.setattr(trainer_seq2seq, "is_deepspeed_zero3_enabled", lambda: True)
+    with trainer_seq2seq.zero3_step_per_forward(Engine(), peft_like):
+        base(torch.ones(1, 2))
+        base(torch.ones(1, 2))
+    assert Coordinator.resets == 2  # one fetch step per forward (per generated token)
+    base(torch.ones(1, 2))
+    assert Coordinator.resets == 2  # the hook is gone afterwards
+    with trainer_seq2seq.zero3_step_per_forward(Engine(), base):  # DeepSpeed's own hook covers a plain model
+        base(torch.ones(1, 2))
+    assert Coordinator.resets == 2
