@@ -74,6 +74,27 @@ class PromptResponseCollator:
         return batch
 
 
+def decode_batch_images(rows: list[dict], target_size: int | None) -> tuple[list, list[dict]]:
+    """Decode each row's `image_file`; return the images and the rows they came from.
+
+    An image that no longer decodes (the file changed after the check before training) is left out with a
+    warning; a batch where none decodes stops training with a clear error.
+    """
+    images, kept = [], []
+    for row in rows:
+        try:
+            images.append(open_image(row["image_file"], target_size))
+            kept.append(row)
+        except Exception as exc:  # any decoding failure
+            logger.warning("Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc)
+    if not kept:
+        raise RuntimeError(
+            f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
+            "after the check before training. Re-run to check them again."
+        )
+    return images, kept
+
+
 class ImageTextCollator:
     """Decode the images of a batch, apply the image processor, and tokenize the captions.
 
@@ -96,20 +117,7 @@ class ImageTextCollator:
         self.target_size = target_size  # decode JPEGs at a reduced scale when they are much larger
 
     def __call__(self, rows: list[dict]) -> dict:
-        images, kept = [], []
-        for row in rows:
-            try:
-                images.append(open_image(row["image_file"], self.target_size))
-                kept.append(row)
-            except Exception as exc:  # any decoding failure: the file changed after the check
-                logger.warning(
-                    "Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc
-                )
-        if not kept:
-            raise RuntimeError(
-                f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
-                "after the check before training. Re-run to check them again."
-            )
+        images, kept = decode_batch_images(rows, self.target_size)
         batch = dict(
             self.tokenizer(
                 [row["caption"] for row in kept],
@@ -144,20 +152,7 @@ class ImageCaptionCollator:
         self.target_size = target_size  # decode JPEGs at a reduced scale when they are much larger
 
     def __call__(self, rows: list[dict]) -> dict:
-        images, kept = [], []
-        for row in rows:
-            try:
-                images.append(open_image(row["image_file"], self.target_size))
-                kept.append(row)
-            except Exception as exc:  # any decoding failure: the file changed after the check
-                logger.warning(
-                    "Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc
-                )
-        if not kept:
-            raise RuntimeError(
-                f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
-                "after the check before training. Re-run to check them again."
-            )
+        images, kept = decode_batch_images(rows, self.target_size)
         batch = {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
         for key in ("labels", "reference_ids"):
             if kept[0].get(key) is not None:

@@ -903,3 +903,16 @@ def fill_deepspeed_hidden_size(trainer) -> None:
     if hf_config.is_zero3():
         hf_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
         hf_config.fill_only("zero_optimization.stage3_param_persistence_threshold", 10 * hidden)
+
+
+def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
+    """The image processor saved with a vision model; a clear error when the checkpoint has none."""
+    try:
+        # the PIL backend: the one that works without torchvision, and the same pixels on every machine
+        return transformers.AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
+            f"values: {exc}. Use a vision checkpoint that ships one (every ViT / CLIP on the hub does), or save "
+            "one next to the weights with ViTImageProcessor(...).save_pretrained(dir)."
+        ) from None

@@ -26,7 +26,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoProcessor,
     AutoTokenizer,
@@ -47,7 +46,14 @@ from arguments import (
     raise_if_problems,
 )
 from collators import ImageTextCollator
-from mechanics import image_target_size, load_image_text_datasets, setup_run, train_evaluate_predict, write_json
+from mechanics import (
+    image_target_size,
+    load_image_processor,
+    load_image_text_datasets,
+    setup_run,
+    train_evaluate_predict,
+    write_json,
+)
 from metrics import embedding_retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -250,19 +256,6 @@ def write_retrieval_predictions(output, dataset, output_dir: Path, top_k: int, e
         np.save(output_dir / "predict_text_embeds.npy", text_embeds)
     write_json(output_dir / "predict_embeddings_index.json", {"images": image_paths, "texts": captions})
     logger.info("Top-%d captions of %d test images written to %s; embeddings next to it", k, len(image_paths), path)
-
-
-def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
-    """The image processor saved with a vision model; a clear error when the checkpoint has none."""
-    try:
-        # the PIL backend: the one that works without torchvision, and the same pixels on every machine
-        return AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
-            f"values: {exc}. Use a vision checkpoint that ships one (every ViT / CLIP on the hub does), or save "
-            "one next to the weights with ViTImageProcessor(...).save_pretrained(dir)."
-        ) from None
 
 
 def load_processor(model_args, clip_args, hub_kwargs):

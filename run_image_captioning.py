@@ -29,7 +29,6 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -51,7 +50,13 @@ from arguments import (
     raise_if_problems,
 )
 from collators import LABEL_PAD, ImageCaptionCollator
-from mechanics import image_target_size, load_image_text_datasets, setup_run, train_evaluate_predict
+from mechanics import (
+    image_target_size,
+    load_image_processor,
+    load_image_text_datasets,
+    setup_run,
+    train_evaluate_predict,
+)
 from metrics import caption_metrics, strip_tokenizer_spaces
 from trainer_seq2seq import MultiReferenceSeq2SeqTrainer, build_generation_config, decode_generations
 
@@ -136,19 +141,6 @@ def set_special_tokens(tokenizer) -> int:
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         added += tokenizer.add_special_tokens({"pad_token": "[PAD]"})
     return added
-
-
-def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
-    """The image processor saved with a vision model; a clear error when the checkpoint has none."""
-    try:
-        # the PIL backend: the one that works without torchvision, and the same pixels on every machine
-        return AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
-            f"values: {exc}. Use a vision checkpoint that ships one (every ViT on the hub does), or save one next "
-            "to the weights with ViTImageProcessor(...).save_pretrained(dir)."
-        ) from None
 
 
 def check_models(model_args, caption_args, hub_kwargs: dict) -> None:
