@@ -14,6 +14,23 @@ logger = logging.getLogger(__name__)
 LABEL_PAD = -100  # ignored by the loss
 
 
+def pad_ids(
+    sequences: list[list[int]],
+    value: int,
+    left: bool = False,
+    min_length: int | None = None,
+    multiple_of: int | None = None,
+) -> torch.Tensor:
+    """Pad token id lists with `value` to the longest (at least `min_length`, rounded up to `multiple_of`)."""
+    length = max(max(len(s) for s in sequences), min_length or 0)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    padded = [
+        [value] * (length - len(s)) + list(s) if left else list(s) + [value] * (length - len(s)) for s in sequences
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
 class PromptResponseCollator:
     """Pads prompt -> response features; knows each key's pad value and side.
 
@@ -49,13 +66,7 @@ class PromptResponseCollator:
     def _pad(
         self, sequences: list[list[int]], value: int, left: bool = False, fixed: int | None = None
     ) -> torch.Tensor:
-        length = max(max(len(s) for s in sequences), fixed or 0)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        padded = [
-            [value] * (length - len(s)) + list(s) if left else list(s) + [value] * (length - len(s)) for s in sequences
-        ]
-        return torch.tensor(padded, dtype=torch.long)
+        return pad_ids(sequences, value, left=left, min_length=fixed, multiple_of=self.pad_to_multiple_of)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
@@ -142,7 +153,7 @@ class ImageCaptionCollator:
     with -100 too). Padding with -100 instead of the pad id keeps the loss off the padding, which a model would
     otherwise learn to produce. An image that no longer decodes is left out of the batch with a warning.
 
-    >>> pad_with_label_pad([[11, 12, 2], [13, 2]])
+    >>> pad_ids([[11, 12, 2], [13, 2]], LABEL_PAD)
     tensor([[  11,   12,    2],
             [  13,    2, -100]])
     """
@@ -156,11 +167,5 @@ class ImageCaptionCollator:
         batch = {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]}
         for key in ("labels", "reference_ids"):
             if kept[0].get(key) is not None:
-                batch[key] = pad_with_label_pad([row[key] for row in kept])
+                batch[key] = pad_ids([row[key] for row in kept], LABEL_PAD)
         return batch
-
-
-def pad_with_label_pad(sequences: list[list[int]]) -> torch.Tensor:
-    """Right-pad token id lists to the longest with -100."""
-    length = max(len(s) for s in sequences)
-    return torch.tensor([list(s) + [LABEL_PAD] * (length - len(s)) for s in sequences], dtype=torch.long)

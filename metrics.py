@@ -6,6 +6,7 @@ Every function takes plain numpy arrays / lists so it can be checked on hand-com
 import logging
 import math
 import re
+from collections import Counter
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
@@ -228,8 +229,6 @@ def caption_characters(text: str) -> list[str]:
 
 
 def _ngram_counts(characters: list[str], max_n: int = 4) -> dict:
-    from collections import Counter
-
     return Counter(tuple(characters[i : i + n]) for n in range(1, max_n + 1) for i in range(len(characters) - n + 1))
 
 
@@ -242,8 +241,6 @@ def cider_d(predictions: list[str], references_lists: list[list[str]], sigma: fl
     Gaussian length penalty exp(-(len_pred - len_ref)^2 / (2 sigma^2)) (lengths in characters); the mean over n and
     over references, times 10, is the example's score. Examples need at least one reference.
     """
-    from collections import Counter
-
     references = [[_ngram_counts(caption_characters(r)) for r in refs] for refs in references_lists]
     document_frequency = Counter()
     for counts in references:

@@ -21,7 +21,6 @@ The output_dir holds the model, tokenizer and image processor:
                                                                       skip_special_tokens=True)
 """
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,12 @@ from mechanics import (
     train_evaluate_predict,
 )
 from metrics import caption_metrics, strip_tokenizer_spaces
-from trainer_seq2seq import MultiReferenceSeq2SeqTrainer, build_generation_config, decode_generations
+from trainer_seq2seq import (
+    MultiReferenceSeq2SeqTrainer,
+    build_generation_config,
+    decode_generations,
+    write_generated_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,15 +222,6 @@ class SaveImageProcessorCallback(TrainerCallback):
             self.image_processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
-def write_caption_predictions(path: Path, image_paths: list[str], predictions: list[str], references: list) -> None:
-    """generated_predictions.jsonl: one {"image_path", "predict", "references"} object per image (UTF-8)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for image_path, predict, refs in zip(image_paths, predictions, references, strict=True):
-            line = {"image_path": image_path, "predict": predict, "references": refs}
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    logger.info("%d generated captions written to %s", len(predictions), path)
-
-
 def main(argv=None) -> dict:
     # 1. arguments, validated before anything heavy is loaded
     model_args, data_args, image_args, caption_args, gen_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
@@ -373,11 +368,13 @@ def main(argv=None) -> dict:
 
     def write_predictions(output) -> None:
         test = data["test"]
-        write_caption_predictions(
+        write_generated_predictions(
             Path(training_args.output_dir) / "generated_predictions.jsonl",
-            test["image_path"],
-            decode_generations(tokenizer, output.predictions),
-            test["captions"],
+            {
+                "image_path": test["image_path"],
+                "predict": decode_generations(tokenizer, output.predictions),
+                "references": test["captions"],
+            },
         )
 
     # 8-10. train, evaluate, predict

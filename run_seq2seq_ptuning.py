@@ -522,7 +522,8 @@ def main(argv=None) -> dict:
         labels = test[test_roles["response"]] if "response" in test_roles else [""] * len(test)
         predictions = decode_generations(tokenizer, output.predictions)
         write_generated_predictions(
-            Path(training_args.output_dir) / "generated_predictions.jsonl", prompts, predictions, labels
+            Path(training_args.output_dir) / "generated_predictions.jsonl",
+            {"prompt": prompts, "predict": predictions, "label": labels},
         )
 
     # 8-10. train, evaluate, predict

@@ -137,12 +137,16 @@ def decode_generations(tokenizer, token_ids) -> list[str]:
     return [strip_tokenizer_spaces(t) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def write_generated_predictions(path: str | Path, prompts: list[str], predictions: list[str], labels: list) -> None:
-    """generated_predictions.jsonl: one {"prompt", "predict", "label"} object per line (UTF-8, Chinese unescaped)."""
+def write_generated_predictions(path: str | Path, columns: dict[str, list]) -> None:
+    """generated_predictions.jsonl: one object per row with the given fields (UTF-8, Chinese unescaped).
+
+    `columns` maps each field (e.g. prompt / predict / label) to its values, one per row.
+    """
+    names = list(columns)
     with open(path, "w", encoding="utf-8") as f:
-        for prompt, predict, label in zip(prompts, predictions, labels, strict=True):
-            f.write(json.dumps({"prompt": prompt, "predict": predict, "label": label}, ensure_ascii=False) + "\n")
-    logger.info("%d generated predictions written to %s", len(predictions), path)
+        for values in zip(*columns.values(), strict=True):
+            f.write(json.dumps(dict(zip(names, values)), ensure_ascii=False) + "\n")
+    logger.info("%d generated predictions written to %s", len(columns["predict"]), path)
 
 
 class MultiReferenceSeq2SeqTrainer(Seq2SeqTrainer):
