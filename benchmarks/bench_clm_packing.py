@@ -34,10 +34,10 @@ BLOCK_SIZE = 512
 
 def make_corpus(out_dir: Path, megabytes: int, n_files: int, seed: int = 0) -> list[str]:
     """n_files txt files (one document per line) of about megabytes/n_files MB each."""
-    from make_demo_data import _clm_document
+    from demo_texts import clm_document
 
     rng = random.Random(seed)
-    pool = [_clm_document(rng) for _ in range(20000)]
+    pool = [clm_document(rng) for _ in range(20000)]
     files, per_file = [], megabytes * 1_000_000 // n_files
     for index in range(n_files):
         path = out_dir / f"part-{index:03d}.txt"
@@ -137,7 +137,7 @@ def main() -> None:
             if SHARED_TOKENIZER.is_dir():
                 tokenizer_dir = str(SHARED_TOKENIZER)
             else:
-                from make_demo_data import build_tokenizer
+                from demo_models import build_tokenizer
 
                 tokenizer_dir = str(tmp / "tokenizer")
                 build_tokenizer(tokenizer_dir)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from demo_images import SHAPE_COLORS, SHAPES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # task, script, argument file, metrics to show (as named in all_results.json), and optionally the flags of an
@@ -110,8 +112,6 @@ def caption_colors(caption: str) -> tuple[str | None, str | None]:
     >>> caption_colors("蓝色背景上的一个红色圆形"), caption_colors("一个黑色的十字，背景是白色")
     (('红色', '蓝色'), ('黑色', '白色'))
     """
-    from make_demo_data import SHAPE_COLORS, SHAPES
-
     colors, shapes = "|".join(SHAPE_COLORS), "|".join(SHAPES)
     shape = re.search(f"({colors})的?(?:{shapes})", caption)
     background = re.search(f"({colors})(?:背景|的底色)|背景是({colors})", caption)

@@ -58,14 +58,14 @@ def test_collator_pads_labels_with_minus_100(demo_dir):
 def test_special_tokens_bert_vocabulary_and_gpt2_with_only_eos(demo_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    import make_demo_data
+    import demo_models
 
     bert = AutoTokenizer.from_pretrained(demo_dir / "models" / "gpt2-tiny-zh")
     assert cap.set_special_tokens(bert) == 0
     assert (bert.eos_token, bert.pad_token, bert.cls_token) == ("[SEP]", "[PAD]", "[CLS]")
 
     # an English-GPT-2-like vocabulary: <|endoftext|> is bos, eos and (as often set) pad
-    gpt2 = make_demo_data.build_bpe_tokenizer(["红色的圆形", "蓝色的方形"], bos=None, eos="<|endoftext|>", pad=None)
+    gpt2 = demo_models.build_bpe_tokenizer(["红色的圆形", "蓝色的方形"], bos=None, eos="<|endoftext|>", pad=None)
     gpt2.pad_token = gpt2.eos_token
     size = len(gpt2)
     assert cap.set_special_tokens(gpt2) == 1
@@ -341,10 +341,10 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
 def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(demo_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
 
-    import make_demo_data
+    import demo_models
 
     texts = ["红色背景上的一个黑色圆形", "一个蓝色的十字，背景是白色"]
-    tokenizer = make_demo_data.build_bpe_tokenizer(texts, bos=None, eos="<|endoftext|>", pad=None, vocab_size=300)
+    tokenizer = demo_models.build_bpe_tokenizer(texts, bos=None, eos="<|endoftext|>", pad=None, vocab_size=300)
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")

@@ -264,12 +264,10 @@ def test_gather_negatives_gives_the_gradients_of_the_global_batch(demo_dir, tmp_
     """2 ranks x 4 pairs with --gather_negatives take the same SGD step as 1 process with all 8 pairs."""
     from transformers import AutoTokenizer
 
-    import make_demo_data
+    import demo_models
 
     model_dir = tmp_path / "model"  # no dropout: both runs must see identical forward passes
-    make_demo_data.build_tiny_chinese_clip(
-        model_dir, AutoTokenizer.from_pretrained(demo_dir / "tokenizer"), dropout=0.0
-    )
+    demo_models.build_tiny_chinese_clip(model_dir, AutoTokenizer.from_pretrained(demo_dir / "tokenizer"), dropout=0.0)
     rows = (demo_dir / "data" / "shapes" / "test.csv").read_text(encoding="utf-8").splitlines()
     train = tmp_path / "train.csv"  # 8 pairs, 8 different images: one global batch
     train.write_text("\n".join([rows[0], *rows[1:17:2]]) + "\n", encoding="utf-8")
