@@ -10,7 +10,7 @@ Measured, each in a fresh process (so peak RSS is its own), on the same files an
 - run_clm cache hit: the same call again (key check + memory-map);
 - streaming: the --streaming reader (10,000-document shuffle buffer) over 1/5 of the corpus and over all of it (peak RSS must stay flat).
 The corpus is generated into a temp dir (never committed): templated documents from
-scripts/make_demo_data.py joined into realistic lengths (a few hundred characters).
+scripts/demo_texts.py joined into realistic lengths (a few hundred characters).
 """
 
 import argparse
