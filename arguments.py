@@ -1,28 +1,21 @@
-"""Arguments shared by every script, and the parser that reads them.
+"""The arguments several scripts share, declared once, and the checks that run before anything is loaded.
 
-`parse_args` accepts, like the transformers examples, plain command-line flags, or one
-`.json` / `.yaml` / `.yml` file followed by `--key value` overrides, or a dict (tests). Argument
-files pasted from transformers-4 era projects (ChatGLM `ptuning/`, older tutorials) keep working:
-keys that transformers 5 renamed are mapped with a warning naming the new key, keys it removed
-are dropped with a warning saying what happens now, and anything else unknown is one error that
-lists every unknown key.
+Each dataclass is one group of `--flags` (ModelArguments, DataTrainingArguments, FinetuningArguments,
+GenerationArguments, ImageDataArguments); a script adds a dataclass of its own for the rest. Each `*_problems`
+function returns every problem with its group as a list, so a user fixes them all in one go
+(`raise_if_problems`). Reading them from the command line or a file is `parsing.parse_args`.
 """
 
 import codecs
-import difflib
-import json
-import logging
 import os
-import sys
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
 
-logger = logging.getLogger(__name__)
+from data import resolve_data_files
 
-ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+DEFAULT_PRE_SEQ_LEN = 128  # P-Tuning v2 prefix length when --pre_seq_len is not given (ChatGLM's example)
 
 
 @dataclass
@@ -122,7 +115,10 @@ class DataTrainingArguments:
 
 @dataclass
 class FinetuningArguments:
-    """How much of the model is trained: every weight, or LoRA adapters (run_clm.py, run_seq2seq_ptuning.py)."""
+    """How much of the model is trained: every weight, LoRA adapters, or P-Tuning v2 prefixes.
+
+    Used by run_clm.py (full, lora) and run_seq2seq_ptuning.py (full, lora, ptuning).
+    """
 
     finetuning_type: str = field(
         default="full",
@@ -142,6 +138,18 @@ class FinetuningArguments:
             "head, or 'default' for peft's choice for the architecture."
         },
     )
+    pre_seq_len: int | None = field(
+        default=None,
+        metadata={
+            "help": f"P-Tuning v2: number of trained prefix tokens at every layer (default {DEFAULT_PRE_SEQ_LEN})."
+        },
+    )
+    prefix_projection: bool = field(
+        default=False, metadata={"help": "P-Tuning v2: produce the prefixes through a 2-layer MLP (more parameters)."}
+    )
+    prefix_hidden_size: int | None = field(
+        default=None, metadata={"help": "P-Tuning v2: hidden size of that MLP (default: the model's hidden size)."}
+    )
 
 
 def finetuning_problems(args: FinetuningArguments, allowed: tuple[str, ...]) -> list[str]:
@@ -155,6 +163,8 @@ def finetuning_problems(args: FinetuningArguments, allowed: tuple[str, ...]) -> 
         problems.append(f"--lora_rank must be at least 1, got {args.lora_rank}.")
     if not 0 <= args.lora_dropout < 1:
         problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}.")
+    if args.pre_seq_len is not None and args.pre_seq_len < 1:
+        problems.append(f"--pre_seq_len must be at least 1, got {args.pre_seq_len}.")
     return problems
 
 
@@ -198,263 +208,8 @@ def generation_problems(args: GenerationArguments) -> list[str]:
     return problems
 
 
-# transformers-4 era keys: old key -> (new key or None to drop it, value converter or None, what to tell the user).
-# A converter returning _DROP removes the key (e.g. `group_by_length: false` has no v5 equivalent to set).
-_DROP = object()
-
-
-def _is_true(value) -> bool:
-    """True for True, 'true'/'1'/'yes', or a bare command-line flag (given as an empty value list)."""
-    if isinstance(value, list):
-        return not value or _is_true(value[0])
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "y")
-    return bool(value)
-
-
-def _set_tensorboard_dir(value):
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", value[0] if isinstance(value, list) else str(value))
-    return _DROP
-
-
-V4_KEYS = {
-    "evaluation_strategy": ("eval_strategy", None, "was renamed to `eval_strategy` in transformers 5"),
-    "per_gpu_train_batch_size": ("per_device_train_batch_size", None, "was renamed to `per_device_train_batch_size`"),
-    "per_gpu_eval_batch_size": ("per_device_eval_batch_size", None, "was renamed to `per_device_eval_batch_size`"),
-    "no_cuda": ("use_cpu", None, "was renamed to `use_cpu` in transformers 5"),
-    "torch_dtype": ("dtype", None, "was renamed to `dtype` in transformers 5"),
-    "use_auth_token": (
-        "token",
-        lambda v: _DROP if _is_true(v) or str(v).lower() in ("false", "0", "[]") else v,
-        "was renamed to `token`; `True` is no longer needed (the login token is used automatically)",
-    ),
-    "warmup_ratio": (
-        "warmup_steps",
-        None,
-        "was removed in transformers 5; its value is passed as `warmup_steps`, where a value below 1 is a ratio",
-    ),
-    "group_by_length": (
-        "train_sampling_strategy",
-        lambda v: "group_by_length" if _is_true(v) else _DROP,
-        "was removed in transformers 5; use `train_sampling_strategy: group_by_length`",
-    ),
-    "include_inputs_for_metrics": (
-        "include_for_metrics",
-        lambda v: ["inputs"] if _is_true(v) else _DROP,
-        "was removed in transformers 5; use `include_for_metrics: [inputs]`",
-    ),
-    "include_tokens_per_second": (
-        "include_num_input_tokens_seen",
-        None,
-        "was removed in transformers 5; mapped to `include_num_input_tokens_seen`",
-    ),
-    "overwrite_output_dir": (
-        None,
-        None,
-        "was removed in transformers 5 and is ignored: an existing output_dir is always written into (files "
-        "with the same names are replaced). To continue a stopped run pass `--resume_from_checkpoint True`",
-    ),
-    "save_safetensors": (None, None, "was removed in transformers 5 and is ignored: weights are always safetensors"),
-    "logging_dir": (
-        None,
-        _set_tensorboard_dir,
-        "was removed in transformers 5; it is passed on as the TENSORBOARD_LOGGING_DIR environment variable",
-    ),
-    "low_cpu_mem_usage": (None, None, "was removed in transformers 5 and is ignored (loading is always lazy)"),
-    "use_fast_tokenizer": (None, None, "is ignored by transformers 5, which always uses the fast tokenizer"),
-}
-
-
-class ArgumentParser(HfArgumentParser):
-    """HfArgumentParser without prefix matching (`--learning` must not silently mean `--learning_rate`)."""
-
-    def __init__(self, dataclass_types, prog: str | None = None):
-        super().__init__(dataclass_types, prog=prog, allow_abbrev=False)
-        # every spelling a user may write (`--lora_r`, `--lora-rank`) -> the field it sets
-        # (the `--no_X` complements HfArgumentParser adds for boolean fields are not keys of their own)
-        self.dest_of = {
-            option.lstrip("-"): action.dest
-            for action in self._actions
-            for option in action.option_strings
-            if option.startswith("--")
-            and option not in (f"--no_{action.dest}", f"--no-{action.dest.replace('_', '-')}")
-        }
-
-
-def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | None = None) -> tuple:
-    """Parse CLI flags, or an argument file (+ CLI overrides), or a dict, into the given dataclasses.
-
-    >>> model_args, data_args = parse_args([ModelArguments, DataTrainingArguments],
-    ...                                    {"model_name_or_path": "m", "train_file": "a.csv"})
-    >>> data_args.train_file
-    ['a.csv']
-    """
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
-    parser = ArgumentParser(dataclass_types, prog=prog)
-    if args is None:
-        args = sys.argv[1:]
-
-    file_values, source = {}, "the command line"
-    if isinstance(args, Mapping):
-        file_values, source, cli = dict(args), "the argument dict", []
-    else:
-        args = [str(a) for a in args]
-        # the deepspeed launcher puts `--local_rank=N` before the user's own arguments (the argument file too)
-        launcher = []
-        while args and args[0].startswith(("--local_rank", "--local-rank")):
-            launcher.append(args.pop(0))
-            if "=" not in launcher[-1] and args:
-                launcher.append(args.pop(0))
-        if args and args[0].lower().endswith(ARGUMENT_FILE_SUFFIXES) and not args[0].startswith("-"):
-            source = args[0]
-            file_values, cli = read_argument_file(args[0]), launcher + args[1:]
-        else:
-            cli = launcher + args
-
-    unknown, conflicts = [], []
-    file_values = _translate_v4_keys(file_values, source, conflicts)
-    cli = _translate_v4_flags(cli, conflicts)
-    for key in list(file_values):
-        if key not in parser.dest_of:
-            unknown.append(f"`{key}` (in {source})")
-            continue
-        dest = parser.dest_of[key]
-        if dest != key:
-            file_values[dest] = file_values.pop(key)
-    for action in parser._actions:
-        if action.dest not in file_values:
-            continue
-        action.required = False  # the file supplies it
-        value = file_values[action.dest]
-        if action.nargs == "+" and isinstance(value, str):
-            file_values[action.dest] = [value]  # `train_file: a.csv` means a list of one file
-        if action.choices is not None and value is not None and str(value) not in {str(c) for c in action.choices}:
-            conflicts.append(
-                f"`{action.dest}` (in {source}) is {value!r}; choose one of: {', '.join(map(str, action.choices))}."
-            )
-    if "ddp_timeout" in parser.dest_of.values():  # ranks wait at main_process_first while rank 0 tokenizes
-        parser.set_defaults(ddp_timeout=DEFAULT_DDP_TIMEOUT)
-    # argparse runs string defaults through each option's type, so YAML's `learning_rate: 2e-5` (a string
-    # to PyYAML) becomes a float, exactly as if it had been typed on the command line.
-    parser.set_defaults(**{k: v for k, v in file_values.items() if k in parser.dest_of.values()})
-    try:
-        if "use_cpu" in parser.dest_of.values():  # TrainingArguments set up the devices when built: prepare first
-            known, _ = parser.parse_known_args(cli)
-            cli = cli + prepare_launch(known.use_cpu, known.deepspeed)
-        *parsed, remaining = parser.parse_args_into_dataclasses(
-            args=cli, return_remaining_strings=True, look_for_args_file=False
-        )
-    except SystemExit as exc:
-        if exc.code not in (0, None):  # argparse already printed the reason (e.g. a bad choice)
-            raise ValueError("Invalid command-line arguments; see the message above.") from None
-        raise
-    unknown += [f"`{token}`" for token in remaining]
-    problems = conflicts
-    if unknown:
-        known = sorted(set(parser.dest_of))
-        hints = []
-        for item in unknown:
-            name = item.split("`")[1].lstrip("-").split("=")[0]
-            close = difflib.get_close_matches(name, known, n=1)
-            hints.append(f"{item}" + (f" (did you mean `{close[0]}`?)" if close else ""))
-        problems.append(
-            "Unknown arguments: " + ", ".join(hints) + f". `python {prog or 'run_x.py'} --help` lists the valid ones."
-        )
-    if problems:
-        raise ValueError("\n".join(problems))
-    if dry_run_requested():
-        print_arguments(parsed)
-    return tuple(parsed)
-
-
-def read_argument_file(path: str) -> dict:
-    """Read a JSON or YAML argument file, warning about keys that appear twice (the last one wins)."""
-    if not Path(path).is_file():
-        raise ValueError(f"Argument file '{path}' does not exist.")
-    text = Path(path).read_text(encoding="utf-8-sig")
-    if path.endswith(".json"):
-
-        def keep_last_and_warn(pairs):
-            seen = {}
-            for key, value in pairs:
-                if key in seen:
-                    logger.warning("Key `%s` appears twice in %s; using the last value %r.", key, path, value)
-                seen[key] = value
-            return seen
-
-        try:
-            values = json.loads(text, object_pairs_hook=keep_last_and_warn)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Argument file '{path}' is not valid JSON: {exc}") from None
-    else:
-        import yaml
-
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"Argument file '{path}' is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"Argument file '{path}' must hold one mapping of argument names to values.")
-    return values
-
-
-def _translate_v4_keys(values: dict, source: str, conflicts: list) -> dict:
-    """Map transformers-4 keys of an argument file to their transformers-5 form, with a warning each."""
-    out = dict(values)
-    for old, (new, convert, why) in V4_KEYS.items():
-        if old not in out:
-            continue
-        value = out.pop(old)
-        if convert is not None:
-            value = convert(value)
-        logger.warning("`%s` (in %s) %s.", old, source, why)
-        if new is None or value is _DROP:
-            continue
-        if new in out:
-            conflicts.append(f"{source} sets both `{old}` and its replacement `{new}`; keep only `{new}`.")
-            continue
-        out[new] = value
-    return out
-
-
-def _translate_v4_flags(argv: list[str], conflicts: list) -> list[str]:
-    """The same mapping for command-line flags (`--evaluation_strategy steps` -> `--eval_strategy steps`)."""
-    groups, current = [], None
-    for token in argv:
-        if token.startswith("--"):
-            name, _, inline = token[2:].partition("=")
-            current = [name.replace("-", "_") if name.replace("-", "_") in V4_KEYS else name, token, []]
-            if inline:
-                current[2].append(inline)
-            groups.append(current)
-        elif current is not None:
-            current[2].append(token)
-        else:
-            groups.append([None, token, []])
-    flags = {name for name, _, _ in groups}
-    out = []
-    for name, token, values in groups:
-        if name not in V4_KEYS:
-            out.append(token)
-            out.extend(values[1:] if "=" in token else values)  # an inline `--key=value` already holds values[0]
-            continue
-        new, convert, why = V4_KEYS[name]
-        logger.warning("`--%s` %s.", name, why)
-        value = convert(values) if convert is not None else values
-        if new is None or value is _DROP:
-            continue
-        if new in flags:
-            conflicts.append(f"Both `--{name}` and its replacement `--{new}` were given; keep only `--{new}`.")
-            continue
-        out.append(f"--{new}")
-        out.extend(value if isinstance(value, list) else [str(value)])
-    return out
-
-
 def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> list[str]:
     """Everything wrong with the shared arguments, found before any model or data is loaded."""
-    from mechanics import DATA_FORMATS, resolve_data_files
-
     problems = []
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         problems.append("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
@@ -486,7 +241,7 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
         spec = getattr(data_args, name)
         if spec:
             try:
-                resolve_data_files(spec, name, formats=DATA_FORMATS)
+                resolve_data_files(spec, name)
             except ValueError as exc:
                 problems.append(str(exc))
     path = model_args.model_name_or_path
@@ -496,14 +251,15 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
     if resume and str(resume).lower() not in ("true", "false"):
         if not Path(resume).is_dir():
             problems.append(f"--resume_from_checkpoint '{resume}' is not a directory.")
-    elif resume and str(resume).lower() == "true":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if not Path(training_args.output_dir).is_dir() or get_last_checkpoint(training_args.output_dir) is None:
-            problems.append(
-                f"--resume_from_checkpoint True, but output_dir '{training_args.output_dir}' has no checkpoint-* "
-                "folder to resume from. Drop the flag to start afresh, or point it at a checkpoint directory."
-            )
+    elif (
+        resume
+        and str(resume).lower() == "true"
+        and (not Path(training_args.output_dir).is_dir() or get_last_checkpoint(training_args.output_dir) is None)
+    ):
+        problems.append(
+            f"--resume_from_checkpoint True, but output_dir '{training_args.output_dir}' has no checkpoint-* "
+            "folder to resume from. Drop the flag to start afresh, or point it at a checkpoint directory."
+        )
     return problems
 
 
@@ -559,77 +315,3 @@ def image_data_problems(image_args: ImageDataArguments) -> list[str]:
                 f"--image_cache_dir '{image_args.image_cache_dir}' cannot be created or written ('{existing}' is read-only)."
             )
     return problems
-
-
-# Multi-process launches and the dry run. torchrun / deepspeed set WORLD_SIZE, RANK and LOCAL_RANK for each process.
-DEFAULT_DDP_TIMEOUT = 3 * 60 * 60  # seconds; torch's 30 minutes is too short for rank 0 tokenizing a big corpus
-
-
-def launch_flags(use_cpu: bool, deepspeed, environ: Mapping[str, str], has_accelerator: bool) -> list[str]:
-    """Flags a launch needs added: `--use_cpu` for torchrun / deepspeed on a machine without GPUs.
-
-    Without it accelerate builds no process group on a CPU-only machine and every rank silently trains
-    alone (world size 1, all writing the same output_dir); DeepSpeed fails its batch-size check.
-    """
-    launched = int(environ.get("WORLD_SIZE", "1")) > 1
-    if use_cpu or has_accelerator or not (launched or deepspeed):
-        return []
-    logger.warning("No GPU found: adding --use_cpu so the processes train together over gloo.")
-    return ["--use_cpu"]
-
-
-def prepare_launch(use_cpu: bool, deepspeed) -> list[str]:
-    """Get the process ready for multi-process / DeepSpeed training before TrainingArguments set up the devices.
-
-    Returns flags to add to the command line (see `launch_flags`). With --deepspeed in a plain `python run_x.py`
-    (no launcher) DeepSpeed would look for MPI, so the variables of a one-process world are set. ZeRO-3 on CPU
-    also needs DeepSpeed's own gloo process group before `from_pretrained` partitions the weights (zero.Init).
-    """
-    import torch
-
-    has_accelerator = torch.accelerator.is_available()
-    flags = launch_flags(use_cpu, deepspeed, os.environ, has_accelerator)
-    if not deepspeed:
-        return flags
-    if not any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
-        defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-        defaults["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
-        os.environ.update(defaults)
-        logger.info("--deepspeed without a launcher: running as a world of one process (%s).", defaults)
-    if not has_accelerator and not dry_run_requested():
-        import deepspeed as ds
-
-        ds.init_distributed(dist_backend="gloo")
-    return flags
-
-
-def free_port() -> int:
-    """A TCP port no process listens on right now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def dry_run_requested() -> bool:
-    """DRY_RUN=1 in the environment: parse and validate the arguments, print them, and stop before any data."""
-    return os.environ.get("DRY_RUN", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def print_arguments(parsed: Sequence) -> None:
-    """Print, per argument class, the values that differ from the defaults (what a dry run resolved to)."""
-    from dataclasses import MISSING, fields, is_dataclass
-
-    for obj in parsed:
-        values = {}
-        for f in fields(obj):
-            default = f.default_factory() if f.default_factory is not MISSING else f.default
-            value = getattr(obj, f.name)
-            # TrainingArguments normalise some defaults when built ("none" -> [], None -> a default config)
-            unchanged = value == default or (not value and not default)
-            if is_dataclass(value) and default is None:
-                unchanged = value == type(value)()
-            if f.init and not unchanged:
-                values[f.name] = value
-        print(f"{type(obj).__name__}: {json.dumps(values, ensure_ascii=False, default=str, indent=2)}")

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from mechanics import open_image
+from images import decode_batch_images
 
 logger = logging.getLogger(__name__)
 LABEL_PAD = -100  # ignored by the loss
@@ -83,27 +83,6 @@ class PromptResponseCollator:
         if "reference_ids" in keys:
             batch["reference_ids"] = self._pad([f["reference_ids"] for f in features], LABEL_PAD)
         return batch
-
-
-def decode_batch_images(rows: list[dict], target_size: int | None) -> tuple[list, list[dict]]:
-    """Decode each row's `image_file`; return the images and the rows they came from.
-
-    An image that no longer decodes (the file changed after the check before training) is left out with a
-    warning; a batch where none decodes stops training with a clear error.
-    """
-    images, kept = [], []
-    for row in rows:
-        try:
-            images.append(open_image(row["image_file"], target_size))
-            kept.append(row)
-        except Exception as exc:  # any decoding failure
-            logger.warning("Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc)
-    if not kept:
-        raise RuntimeError(
-            f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
-            "after the check before training. Re-run to check them again."
-        )
-    return images, kept
 
 
 class ImageTextCollator:

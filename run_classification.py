@@ -14,6 +14,7 @@ of labels per row, or one string split on --label_delimiter.
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -28,19 +29,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from arguments import DataTrainingArguments, ModelArguments, common_problems, parse_args, raise_if_problems
-from mechanics import (
-    FileOrderEvaluation,
-    drop_invalid_rows,
-    find_column,
-    is_blank,
-    limit_samples,
-    load_raw_datasets,
-    setup_run,
-    train_evaluate_predict,
-    write_json,
-)
+from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
+from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from launch import prepare_launch
 from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
+from parsing import parse_args
+from training import FileOrderEvaluation, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -210,75 +204,98 @@ def plot_report(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    # 1. arguments, validated before anything heavy is loaded
-    model_args, data_args, cls_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
+@dataclass
+class Columns:
+    """Which column holds what in each split; a test split may have no label column (predict only)."""
+
+    text: dict[str, str]
+    pair: dict[str, str]
+    label: dict[str, str]
+
+    def roles(self, split: str) -> dict[str, str]:
+        """{role: column} of one split, roles text / pair / label."""
+        roles = {"text": self.text[split], "pair": self.pair.get(split), "label": self.label.get(split)}
+        return {role: column for role, column in roles.items() if column}
+
+
+def argument_problems(model_args, data_args, task_args, training_args) -> list[str]:
+    """Every problem with the arguments, found before anything is loaded."""
     problems = common_problems(model_args, data_args, training_args)
     if not model_args.model_name_or_path:
         problems.append("--model_name_or_path is required (a hub id such as bert-base-chinese, or a local dir).")
-    if cls_args.max_seq_length < 1:
-        problems.append(f"--max_seq_length must be at least 1, got {cls_args.max_seq_length}.")
-    if not 0 < cls_args.threshold < 1:
-        problems.append(f"--threshold must be between 0 and 1, got {cls_args.threshold}.")
-    raise_if_problems(problems)
+    if task_args.max_seq_length < 1:
+        problems.append(f"--max_seq_length must be at least 1, got {task_args.max_seq_length}.")
+    if not 0 < task_args.threshold < 1:
+        problems.append(f"--threshold must be between 0 and 1, got {task_args.threshold}.")
+    return problems
 
-    # 2. logging, seed
-    setup_run(training_args)
 
-    # 3. data: load, find columns, decide the label set, drop dirty rows
-    with training_args.main_process_first(desc="loading data"):
-        raw = load_raw_datasets(data_args, training_args, cache_dir=model_args.cache_dir)
-    text_columns = {
+def find_columns(raw: datasets.DatasetDict, data_args, task_args) -> Columns:
+    """The text, text-pair and label columns of every split, named by the flags or found by their usual names."""
+    text = {
         split: find_column(ds, data_args.text_column, "text_column", TEXT_COLUMNS, split) for split, ds in raw.items()
     }
-    label_columns = {}
+    label = {}
     for split, ds in raw.items():
-        if split == "test" and cls_args.label_column not in ds.column_names:
+        if split == "test" and task_args.label_column not in ds.column_names:
             present = [c for c in LABEL_COLUMNS if c in ds.column_names]
-            if cls_args.label_column is not None or not present:
+            if task_args.label_column is not None or not present:
                 continue  # a test file without labels: predict only
-        label_columns[split] = find_column(ds, cls_args.label_column, "label_column", LABEL_COLUMNS, split)
-    pair_columns = {}
-    if cls_args.text_pair_column:
-        pair_columns = {
-            split: find_column(ds, cls_args.text_pair_column, "text_pair_column", (), split)
+        label[split] = find_column(ds, task_args.label_column, "label_column", LABEL_COLUMNS, split)
+    pair = {}
+    if task_args.text_pair_column:
+        pair = {
+            split: find_column(ds, task_args.text_pair_column, "text_pair_column", (), split)
             for split, ds in raw.items()
         }
-    first_labelled = next(iter(label_columns), None)
-    multi_label = cls_args.label_delimiter is not None or (
-        first_labelled is not None and is_list_feature(raw[first_labelled].features[label_columns[first_labelled]])
+    return Columns(text, pair, label)
+
+
+def is_multi_label(raw: datasets.DatasetDict, columns: Columns, task_args) -> bool:
+    """Multi-label with --label_delimiter, or when the labels are lists (JSON)."""
+    first_labelled = next(iter(columns.label), None)
+    return task_args.label_delimiter is not None or (
+        first_labelled is not None and is_list_feature(raw[first_labelled].features[columns.label[first_labelled]])
     )
 
-    def drop_reason(row: dict) -> str | None:
-        if is_blank(row.get("text")):
-            return "empty or missing text"
-        if "pair" in row and is_blank(row["pair"]):
-            return "empty or missing text pair"
-        if "label" in row and normalize_label(row["label"], multi_label, cls_args.label_delimiter) is None:
-            return "missing label"
-        return None
 
+def row_problem(values: dict, roles: dict[str, str], multi_label: bool, delimiter: str | None) -> str | None:
+    """Why a row cannot be used, or None; `roles` maps text / pair / label to the row's columns."""
+    row = {role: values[column] for role, column in roles.items()}
+    if is_blank(row.get("text")):
+        return "empty or missing text"
+    if "pair" in row and is_blank(row["pair"]):
+        return "empty or missing text pair"
+    if "label" in row and normalize_label(row["label"], multi_label, delimiter) is None:
+        return "missing label"
+    return None
+
+
+def load_classification_data(data_args, task_args, training_args, cache_dir) -> tuple:
+    """The raw splits without dirty rows, their columns, and whether the task is multi-label."""
+    with training_args.main_process_first(desc="loading data"):
+        raw = load_raw_datasets(data_args, training_args, cache_dir=cache_dir)
+    columns = find_columns(raw, data_args, task_args)
+    multi_label = is_multi_label(raw, columns, task_args)
     for split in list(raw):
-        roles = {"text": text_columns[split], "pair": pair_columns.get(split), "label": label_columns.get(split)}
-        roles = {role: column for role, column in roles.items() if column}
-        raw[split] = drop_invalid_rows(
-            raw[split],
-            split,
-            list(roles.values()),
-            lambda row, roles=roles: drop_reason({role: row[column] for role, column in roles.items()}),
-        )
-    warn_about_leaks(raw, text_columns)
+        roles = columns.roles(split)
+        problem = partial(row_problem, roles=roles, multi_label=multi_label, delimiter=task_args.label_delimiter)
+        raw[split] = drop_invalid_rows(raw[split], split, list(roles.values()), problem)
+    warn_about_leaks(raw, columns.text)
+    return raw, columns, multi_label
 
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
-    )
+
+def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_args, model_name: str) -> list[str]:
+    """The label names in head order: from the training data (keeping a fine-tuned checkpoint's order), or the model's.
+
+    Evaluation and test labels the model cannot predict are an error naming the value and the row.
+    """
     model_label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
     model_has_labels = model_label2id and set(model_label2id) != {f"LABEL_{i}" for i in range(len(model_label2id))}
     if "train" in raw:
         names = set()
-        for value in raw["train"][label_columns["train"]]:
-            label = normalize_label(value, multi_label, cls_args.label_delimiter)
+        for value in raw["train"][columns.label["train"]]:
+            label = normalize_label(value, multi_label, task_args.label_delimiter)
             names.update(label if multi_label else [label])
         label_names = sort_label_names(names)
         if model_has_labels and set(model_label2id) == set(label_names):
@@ -291,51 +308,92 @@ def main(argv=None) -> dict:
             )
         if len(label_names) < 2 and not multi_label:
             raise ValueError(
-                f"`--label_column` '{label_columns['train']}' has only one distinct label ({label_names}) in the "
+                f"`--label_column` '{columns.label['train']}' has only one distinct label ({label_names}) in the "
                 "training data; classification needs at least two."
             )
-        label_source = "the training data"
+        source = "the training data"
     elif model_has_labels:
         label_names = sorted(model_label2id, key=model_label2id.get)
-        label_source = f"the model's labels ({model_args.model_name_or_path})"
+        source = f"the model's labels ({model_name})"
     else:
         raise ValueError(
-            f"Without --do_train the label names come from the model, but '{model_args.model_name_or_path}' has "
+            f"Without --do_train the label names come from the model, but '{model_name}' has "
             "none (its config has only LABEL_0, LABEL_1, ...). Evaluate a model fine-tuned by this script."
         )
     label2id = {name: i for i, name in enumerate(label_names)}
     for split in ("validation", "test"):
-        if split in label_columns:
+        if split in columns.label:
             check_known_labels(
-                raw[split], split, label_columns[split], label2id, multi_label, cls_args.label_delimiter, label_source
+                raw[split], split, columns.label[split], label2id, multi_label, task_args.label_delimiter, source
             )
     logger.info(
         "%s task with %d labels: %s", "Multi-label" if multi_label else "Single-label", len(label_names), label_names
     )
-    limit_samples(raw, data_args)
+    return label_names
 
-    # 4. tokenizer
+
+def load_tokenizer(model_args, config, task_args) -> tuple:
+    """The tokenizer (with a pad token), and the longest input the model takes."""
     tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
+        model_args.tokenizer_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
     if tokenizer.pad_token is None:  # decoder-only checkpoints (GPT-2, Qwen) used as classifiers
         tokenizer.pad_token = tokenizer.eos_token
-    max_length = cls_args.max_seq_length
+    max_length = task_args.max_seq_length
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions and max_length > max_positions:
         logger.warning(
             "--max_seq_length %d exceeds the model's %d positions; using %d.", max_length, max_positions, max_positions
         )
         max_length = max_positions
+    return tokenizer, max_length
 
-    # 5. model
+
+def encode_batch(batch, split, tokenizer, columns: Columns, label_names, multi_label, delimiter, max_length):
+    """Token ids of a batch of rows, and their labels: class ids, or one 0/1 float per label (multi-label)."""
+    texts = [str(t) for t in batch[columns.text[split]]]
+    pairs = [str(t) for t in batch[columns.pair[split]]] if split in columns.pair else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    if split in columns.label:
+        labels = [normalize_label(v, multi_label, delimiter) for v in batch[columns.label[split]]]
+        if multi_label:
+            encoded["labels"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
+        else:
+            label2id = {name: i for i, name in enumerate(label_names)}
+            encoded["labels"] = [label2id[name] for name in labels]
+    return encoded
+
+
+def tokenize_splits(
+    raw, columns, tokenizer, label_names, multi_label, max_length, data_args, task_args, training_args
+):
+    """Every split tokenized (main process first; cached by `datasets`)."""
+    processed = {}
+    with training_args.main_process_first(desc="tokenizing"):
+        for split, ds in raw.items():
+            processed[split] = ds.map(
+                encode_batch,
+                batched=True,
+                fn_kwargs={
+                    "split": split, "tokenizer": tokenizer, "columns": columns, "label_names": label_names,
+                    "multi_label": multi_label, "delimiter": task_args.label_delimiter, "max_length": max_length,
+                },
+                remove_columns=ds.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                desc=f"Tokenizing {split}",
+            )  # fmt: skip
+    return processed
+
+
+def load_model(model_args, config, tokenizer, label_names: list[str], multi_label: bool):
+    """The checkpoint with a classification head for these labels; their names are saved in the config."""
     config.num_labels = len(label_names)
-    config.label2id, config.id2label = label2id, dict(enumerate(label_names))
+    config.label2id, config.id2label = {n: i for i, n in enumerate(label_names)}, dict(enumerate(label_names))
     config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(
+    return AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         **model_args.hub_kwargs(),
@@ -343,93 +401,97 @@ def main(argv=None) -> dict:
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
 
-    def encode(batch, split):
-        texts = [str(t) for t in batch[text_columns[split]]]
-        pairs = [str(t) for t in batch[pair_columns[split]]] if split in pair_columns else None
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        if split in label_columns:
-            labels = [normalize_label(v, multi_label, cls_args.label_delimiter) for v in batch[label_columns[split]]]
-            if multi_label:
-                encoded["labels"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
-            else:
-                encoded["labels"] = [label2id[name] for name in labels]
-        return encoded
 
-    processed = {}
-    with training_args.main_process_first(desc="tokenizing"):
-        for split, ds in raw.items():
-            processed[split] = ds.map(
-                encode,
-                batched=True,
-                fn_kwargs={"split": split},
-                remove_columns=ds.column_names,
-                num_proc=data_args.preprocessing_num_workers,
-                load_from_cache_file=not data_args.overwrite_cache,
-                desc=f"Tokenizing {split}",
-            )
+def write_eval_report(trainer, compute_metrics, label_names, multi_label, output_dir: Path) -> None:
+    """eval_report.json (per-class scores, confusion) and its PNG, from the last evaluation's predictions."""
+    if compute_metrics.last is None or not trainer.is_world_process_zero():
+        return
+    report = classification_report(*compute_metrics.last, label_names, multi_label)
+    write_json(output_dir / "eval_report.json", report)
+    plot_report(report, output_dir / "eval_confusion_matrix.png")
+    logger.info("Per-class report and confusion matrix written to %s", output_dir)
 
-    # 6. collator and metrics
+
+def write_predictions(output, test, columns: Columns, label_names, multi_label, task_args, output_dir: Path) -> None:
+    """predictions.csv: the text(s), the true label(s) when the test file has them, the prediction and scores."""
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    probabilities = sigmoid(logits) if multi_label else softmax(logits)
+    predicted = predict_labels(logits, multi_label, task_args.threshold)
+    table = {"text": test[columns.text["test"]]}
+    if "test" in columns.pair:
+        table["text_pair"] = test[columns.pair["test"]]
+    delimiter = task_args.label_delimiter or "|"
+    if "test" in columns.label:
+        table["label"] = test[columns.label["test"]]
+        if multi_label:
+            # in label order, like the predictions, so equal label sets read the same
+            true_sets = [set(normalize_label(v, True, task_args.label_delimiter) or []) for v in table["label"]]
+            table["label"] = [delimiter.join(n for n in label_names if n in labels) for labels in true_sets]
+    if multi_label:
+        table["prediction"] = [delimiter.join(n for n, on in zip(label_names, row) if on) for row in predicted]
+    else:
+        table["prediction"] = [label_names[i] for i in predicted]
+        table["score"] = [round(float(p[i]), 4) for p, i in zip(probabilities, predicted)]
+    table["scores"] = [
+        json.dumps({n: round(float(v), 4) for n, v in zip(label_names, p)}, ensure_ascii=False) for p in probabilities
+    ]
+    pd.DataFrame(table).to_csv(output_dir / "predictions.csv", index=False, encoding="utf-8")
+    logger.info("Predictions for %d rows written to %s", len(test), output_dir / "predictions.csv")
+
+
+def main(argv=None) -> dict:
+    # validate
+    args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
+    model_args, data_args, task_args, training_args = args
+    raise_if_problems(argument_problems(*args))
+
+    # set up the run
+    setup_run(args)
+
+    # load raw data: find the columns, drop dirty rows
+    raw, columns, multi_label = load_classification_data(data_args, task_args, training_args, model_args.cache_dir)
+
+    # tokenizer (and the config: the labels of a fine-tuned checkpoint, the longest input)
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path, **model_args.hub_kwargs()
+    )
+    tokenizer, max_length = load_tokenizer(model_args, config, task_args)
+
+    # preprocess: the label set, then token ids and label ids
+    label_names = decide_label_names(raw, columns, config, multi_label, task_args, model_args.model_name_or_path)
+    limit_samples(raw, data_args)
+    processed = tokenize_splits(
+        raw, columns, tokenizer, label_names, multi_label, max_length, data_args, task_args, training_args
+    )
+
+    # model
+    model = load_model(model_args, config, tokenizer, label_names, multi_label)
+
+    # trainer
     pad_multiple = 8 if training_args.fp16 or training_args.bf16 else None
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
-    compute_metrics = ClassificationMetrics(multi_label, cls_args.threshold)
-
-    # 7. trainer
+    compute_metrics = ClassificationMetrics(multi_label, task_args.threshold)
     trainer = ClassificationTrainer(
         model=model,
         args=training_args,
         train_dataset=processed.get("train"),
         eval_dataset=processed.get("validation"),
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple),
         compute_metrics=compute_metrics,
     )
 
+    # train, evaluate, predict
     output_dir = Path(training_args.output_dir)
-
-    def write_eval_report(metrics: dict) -> None:
-        if compute_metrics.last is None or not trainer.is_world_process_zero():
-            return
-        report = classification_report(*compute_metrics.last, label_names, multi_label)
-        write_json(output_dir / "eval_report.json", report)
-        plot_report(report, output_dir / "eval_confusion_matrix.png")
-        logger.info("Per-class report and confusion matrix written to %s", output_dir)
-
-    def write_predictions(output) -> None:
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        probabilities = sigmoid(logits) if multi_label else softmax(logits)
-        predicted = predict_labels(logits, multi_label, cls_args.threshold)
-        test = raw["test"]
-        table = {"text": test[text_columns["test"]]}
-        if "test" in pair_columns:
-            table["text_pair"] = test[pair_columns["test"]]
-        delimiter = cls_args.label_delimiter or "|"
-        if "test" in label_columns:
-            table["label"] = test[label_columns["test"]]
-            if multi_label:
-                # in label order, like the predictions, so equal label sets read the same
-                true_sets = [set(normalize_label(v, True, cls_args.label_delimiter) or []) for v in table["label"]]
-                table["label"] = [delimiter.join(n for n in label_names if n in labels) for labels in true_sets]
-        if multi_label:
-            table["prediction"] = [delimiter.join(n for n, on in zip(label_names, row) if on) for row in predicted]
-        else:
-            table["prediction"] = [label_names[i] for i in predicted]
-            table["score"] = [round(float(p[i]), 4) for p, i in zip(probabilities, predicted)]
-        table["scores"] = [
-            json.dumps({n: round(float(v), 4) for n, v in zip(label_names, p)}, ensure_ascii=False)
-            for p in probabilities
-        ]
-        pd.DataFrame(table).to_csv(output_dir / "predictions.csv", index=False, encoding="utf-8")
-        logger.info("Predictions for %d rows written to %s", len(test), output_dir / "predictions.csv")
-
-    # 8-10. train, evaluate, predict
     return train_evaluate_predict(
         trainer,
         training_args,
         train_dataset=processed.get("train"),
         eval_dataset=processed.get("validation"),
         predict_dataset=processed.get("test"),
-        after_eval=write_eval_report,
-        after_predict=write_predictions,
+        after_eval=lambda _: write_eval_report(trainer, compute_metrics, label_names, multi_label, output_dir),
+        after_predict=lambda output: write_predictions(
+            output, raw["test"], columns, label_names, multi_label, task_args, output_dir
+        ),
     )
 
 

@@ -42,19 +42,14 @@ from arguments import (
     ModelArguments,
     common_problems,
     image_data_problems,
-    parse_args,
     raise_if_problems,
 )
 from collators import ImageTextCollator
-from mechanics import (
-    image_target_size,
-    load_image_processor,
-    load_image_text_datasets,
-    setup_run,
-    train_evaluate_predict,
-    write_json,
-)
+from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
+from launch import prepare_launch
 from metrics import embedding_retrieval_metrics
+from parsing import parse_args
+from training import setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +253,7 @@ def write_retrieval_predictions(output, dataset, output_dir: Path, top_k: int, e
     logger.info("Top-%d captions of %d test images written to %s; embeddings next to it", k, len(image_paths), path)
 
 
-def load_processor(model_args, clip_args, hub_kwargs):
+def load_processor(model_args, task_args, hub_kwargs):
     """The tokenizer + image processor pair, saved with the model so both reload with AutoProcessor."""
     if model_args.model_name_or_path:
         try:
@@ -273,8 +268,8 @@ def load_processor(model_args, clip_args, hub_kwargs):
             )
     else:
         processor = VisionTextDualEncoderProcessor(
-            load_image_processor(clip_args.vision_model_name_or_path, "vision_model_name_or_path", hub_kwargs),
-            AutoTokenizer.from_pretrained(clip_args.text_model_name_or_path, **hub_kwargs),
+            load_image_processor(task_args.vision_model_name_or_path, "vision_model_name_or_path", hub_kwargs),
+            AutoTokenizer.from_pretrained(task_args.text_model_name_or_path, **hub_kwargs),
         )
     if model_args.tokenizer_name:
         processor.tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name, **hub_kwargs)
@@ -311,36 +306,35 @@ def load_vision_tower(path: str, load_kwargs: dict):
     return AutoModel.from_pretrained(path, **load_kwargs)
 
 
-def load_model(model_args, clip_args, load_kwargs):
+def load_model(model_args, task_args, load_kwargs):
     """A CLIP-style checkpoint through AutoModel, or a new dual encoder from a text and a vision encoder."""
     if model_args.model_name_or_path:
         return AutoModel.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **load_kwargs
         )
-    vision = load_vision_tower(clip_args.vision_model_name_or_path, load_kwargs)
-    text = AutoModel.from_pretrained(clip_args.text_model_name_or_path, **load_kwargs)
+    vision = load_vision_tower(task_args.vision_model_name_or_path, load_kwargs)
+    text = AutoModel.from_pretrained(task_args.text_model_name_or_path, **load_kwargs)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         vision.config,
         text.config,
-        projection_dim=clip_args.projection_dim,
-        logit_scale_init_value=clip_args.logit_scale_init_value,
+        projection_dim=task_args.projection_dim,
+        logit_scale_init_value=task_args.logit_scale_init_value,
     )
     logger.info(
         "Built a dual encoder: %s (%s) + %s (%s); projections to %d dims are new and trained from scratch.",
-        clip_args.text_model_name_or_path,
+        task_args.text_model_name_or_path,
         type(text).__name__,
-        clip_args.vision_model_name_or_path,
+        task_args.vision_model_name_or_path,
         type(vision).__name__,
-        clip_args.projection_dim,
+        task_args.projection_dim,
     )
     return VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
 
 
-def main(argv=None) -> dict:
-    # 1. arguments, validated before anything heavy is loaded
-    model_args, data_args, image_args, clip_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
+def argument_problems(model_args, data_args, image_args, task_args, training_args) -> list[str]:
+    """Every problem with the arguments, found before anything is loaded."""
     problems = common_problems(model_args, data_args, training_args) + image_data_problems(image_args)
-    towers = (clip_args.text_model_name_or_path, clip_args.vision_model_name_or_path)
+    towers = (task_args.text_model_name_or_path, task_args.vision_model_name_or_path)
     if model_args.model_name_or_path and any(towers):
         problems.append(
             "Pass either --model_name_or_path (a CLIP-style checkpoint) or --text_model_name_or_path with "
@@ -357,19 +351,20 @@ def main(argv=None) -> dict:
     if model_args.config_name:
         problems.append("--config_name is not used by run_clip.py; the config comes with the model(s).")
     for name in ("max_seq_length", "top_k", "projection_dim"):
-        if getattr(clip_args, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(clip_args, name)}.")
+        if getattr(task_args, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(task_args, name)}.")
     if training_args.deepspeed:  # it broadcasts every parameter viewed as bytes, impossible for a 0-dim one
         problems.append(
             f"--deepspeed {training_args.deepspeed}: DeepSpeed (0.19) cannot start on a CLIP model, it fails on "
             "the 0-dim logit_scale parameter at any ZeRO stage. Use torchrun (DDP) instead: CLIP models fit on "
             "one GPU, and --gather_negatives gives every rank the negatives of the global batch."
         )
-    raise_if_problems(problems)
+    return problems
 
-    # 2. logging, seed
-    setup_run(training_args)
-    if clip_args.gather_negatives and training_args.world_size == 1:
+
+def warn_about_settings(task_args, training_args) -> None:
+    """Say which settings do nothing or slow training down; the collator needs the non-model columns."""
+    if task_args.gather_negatives and training_args.world_size == 1:
         logger.warning("--gather_negatives has no effect in a single process; it matters under torchrun / DDP.")
     if training_args.dataloader_num_workers == 0:
         logger.warning(
@@ -379,22 +374,11 @@ def main(argv=None) -> dict:
     # the collator reads `image_file` / `caption`, which are not model inputs the Trainer would keep
     training_args.remove_unused_columns = False
 
-    # 3. processor first: the image check decodes (and with --image_cache_dir stores) images at its resolution
-    hub_kwargs = model_args.hub_kwargs()
-    if model_args.model_name_or_path:
-        check_is_dual_encoder(model_args, hub_kwargs)
-    processor = load_processor(model_args, clip_args, hub_kwargs)
-    target_size = image_target_size(processor.image_processor)
 
-    # 4. data: one row per (image, caption); every image decoded once, broken ones skipped and listed
-    with training_args.main_process_first(desc="loading data and checking images"):
-        data = load_image_text_datasets(data_args, image_args, training_args, target_size, model_args.cache_dir)
-    data = {split: ds.add_column("row", list(range(len(ds)))) for split, ds in data.items()}
-
-    # 5. model
-    model = load_model(model_args, clip_args, dict(hub_kwargs, dtype=model_args.dtype))
+def freeze_towers(model, task_args) -> None:
+    """--freeze_vision_model / --freeze_text_model: those weights stay fixed (the projections still train)."""
     for flag, tower in (("freeze_vision_model", model.vision_model), ("freeze_text_model", model.text_model)):
-        if getattr(clip_args, flag):
+        if getattr(task_args, flag):
             tower.requires_grad_(False)
             logger.info(
                 "--%s: %d weights of %s stay fixed.",
@@ -405,8 +389,10 @@ def main(argv=None) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
 
-    # 6. collator, metrics
-    max_length = clip_args.max_seq_length
+
+def caption_length(model, task_args) -> int:
+    """--max_seq_length, at most the text model's positions."""
+    max_length = task_args.max_seq_length
     max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
     if max_positions and max_length > max_positions:
         logger.warning(
@@ -416,9 +402,45 @@ def main(argv=None) -> dict:
             max_positions,
         )
         max_length = max_positions
-    collator = ImageTextCollator(processor.image_processor, processor.tokenizer, max_length, target_size)
+    return max_length
 
-    # 7. trainer
+
+def main(argv=None) -> dict:
+    # validate
+    args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
+    model_args, data_args, image_args, task_args, training_args = args
+    raise_if_problems(argument_problems(*args))
+
+    # set up the run
+    setup_run(args)
+    warn_about_settings(task_args, training_args)
+
+    # load raw data: one row per (image, caption); images are checked below, at the processor's resolution
+    hub_kwargs = model_args.hub_kwargs()
+    if model_args.model_name_or_path:
+        check_is_dual_encoder(model_args, hub_kwargs)
+    with training_args.main_process_first(desc="loading data"):
+        pairs = load_image_text_rows(data_args, image_args, training_args, model_args.cache_dir)
+
+    # processor: the tokenizer and the image processor, saved together with the model
+    processor = load_processor(model_args, task_args, hub_kwargs)
+    target_size = image_target_size(processor.image_processor)
+
+    # preprocess: every image decoded once (with --image_cache_dir also stored at that size), broken ones skipped
+    with training_args.main_process_first(desc="checking images"):
+        data = check_image_rows(
+            pairs, image_args, training_args, target_size, model_args.cache_dir, data_args.preprocessing_num_workers
+        )
+    data = {split: ds.add_column("row", list(range(len(ds)))) for split, ds in data.items()}
+
+    # model
+    model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
+    freeze_towers(model, task_args)
+
+    # trainer
+    collator = ImageTextCollator(
+        processor.image_processor, processor.tokenizer, caption_length(model, task_args), target_size
+    )
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
@@ -427,10 +449,10 @@ def main(argv=None) -> dict:
         processing_class=processor,
         data_collator=collator,
         compute_metrics=compute_retrieval_metrics,
-        gather_negatives=clip_args.gather_negatives,
+        gather_negatives=task_args.gather_negatives,
     )
 
-    # 8-10. train, evaluate, predict
+    # train, evaluate, predict
     return train_evaluate_predict(
         trainer,
         training_args,
@@ -438,7 +460,7 @@ def main(argv=None) -> dict:
         eval_dataset=data.get("validation"),
         predict_dataset=data.get("test"),
         after_predict=lambda output: write_retrieval_predictions(
-            output, data["test"], Path(training_args.output_dir), clip_args.top_k, clip_args.embeddings_format
+            output, data["test"], Path(training_args.output_dir), task_args.top_k, task_args.embeddings_format
         ),
     )
 

@@ -45,24 +45,20 @@ from arguments import (
     common_problems,
     generation_problems,
     image_data_problems,
-    parse_args,
     raise_if_problems,
 )
 from collators import LABEL_PAD, ImageCaptionCollator
-from mechanics import (
-    image_target_size,
-    load_image_processor,
-    load_image_text_datasets,
-    setup_run,
-    train_evaluate_predict,
-)
+from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
+from launch import prepare_launch
 from metrics import caption_metrics, strip_tokenizer_spaces
+from parsing import parse_args
 from trainer_seq2seq import (
-    MultiReferenceSeq2SeqTrainer,
+    MultiReferenceTrainer,
     build_generation_config,
     decode_generations,
     write_generated_predictions,
 )
+from training import setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +143,7 @@ def set_special_tokens(tokenizer) -> int:
     return added
 
 
-def check_models(model_args, caption_args, hub_kwargs: dict) -> None:
+def check_models(model_args, task_args, hub_kwargs: dict) -> None:
     """Fail early, naming what to pass instead, when a model given is not of the kind its argument needs."""
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -158,22 +154,22 @@ def check_models(model_args, caption_args, hub_kwargs: dict) -> None:
                 "pass them as --encoder_model_name_or_path and --decoder_model_name_or_path instead."
             )
         return
-    encoder_config = AutoConfig.from_pretrained(caption_args.encoder_model_name_or_path, **hub_kwargs)
+    encoder_config = AutoConfig.from_pretrained(task_args.encoder_model_name_or_path, **hub_kwargs)
     if hasattr(encoder_config, "text_config"):
         raise ValueError(
-            f"--encoder_model_name_or_path '{caption_args.encoder_model_name_or_path}' is a {encoder_config.model_type} "
+            f"--encoder_model_name_or_path '{task_args.encoder_model_name_or_path}' is a {encoder_config.model_type} "
             "image-text model; pass a vision encoder (ViT, DeiT, Swin, BEiT...), e.g. google/vit-base-patch16-224."
         )
-    decoder_config = AutoConfig.from_pretrained(caption_args.decoder_model_name_or_path, **hub_kwargs)
+    decoder_config = AutoConfig.from_pretrained(task_args.decoder_model_name_or_path, **hub_kwargs)
     if decoder_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(
-            f"--decoder_model_name_or_path '{caption_args.decoder_model_name_or_path}' is a "
+            f"--decoder_model_name_or_path '{task_args.decoder_model_name_or_path}' is a "
             f"{decoder_config.model_type} model, which cannot generate text; pass a Chinese GPT-2 (e.g. "
             "uer/gpt2-chinese-cluecorpussmall) or BERT (e.g. bert-base-chinese)."
         )
 
 
-def load_model(model_args, caption_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
+def load_model(model_args, task_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
     """A VisionEncoderDecoder checkpoint, or a new one from an image encoder and a decoder with cross-attention."""
     if model_args.model_name_or_path:
         return VisionEncoderDecoderModel.from_pretrained(
@@ -182,18 +178,18 @@ def load_model(model_args, caption_args, load_kwargs: dict) -> VisionEncoderDeco
     # transformers 5 no longer turns a GPT-2 / BERT config into a decoder itself ('GPT2Config' object has no
     # attribute 'is_decoder'): the config is loaded here and given the cross-attention that reads the image
     hub_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
-    decoder_config = AutoConfig.from_pretrained(caption_args.decoder_model_name_or_path, **hub_kwargs)
+    decoder_config = AutoConfig.from_pretrained(task_args.decoder_model_name_or_path, **hub_kwargs)
     decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
-    encoder = AutoModel.from_pretrained(caption_args.encoder_model_name_or_path, **load_kwargs)
+    encoder = AutoModel.from_pretrained(task_args.encoder_model_name_or_path, **load_kwargs)
     decoder = AutoModelForCausalLM.from_pretrained(
-        caption_args.decoder_model_name_or_path, config=decoder_config, **load_kwargs
+        task_args.decoder_model_name_or_path, config=decoder_config, **load_kwargs
     )
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
     logger.info(
         "Built a captioning model: %s (%s) + %s (%s); the cross-attention layers are new and trained from scratch.",
-        caption_args.encoder_model_name_or_path,
+        task_args.encoder_model_name_or_path,
         type(model.encoder).__name__,
-        caption_args.decoder_model_name_or_path,
+        task_args.decoder_model_name_or_path,
         type(model.decoder).__name__,
     )
     return model
@@ -222,12 +218,11 @@ class SaveImageProcessorCallback(TrainerCallback):
             self.image_processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
-def main(argv=None) -> dict:
-    # 1. arguments, validated before anything heavy is loaded
-    model_args, data_args, image_args, caption_args, gen_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
+def argument_problems(model_args, data_args, image_args, task_args, generation_args, training_args) -> list[str]:
+    """Every problem with the arguments, found before anything is loaded."""
     problems = common_problems(model_args, data_args, training_args) + image_data_problems(image_args)
-    problems += generation_problems(gen_args)
-    parts = (caption_args.encoder_model_name_or_path, caption_args.decoder_model_name_or_path)
+    problems += generation_problems(generation_args)
+    parts = (task_args.encoder_model_name_or_path, task_args.decoder_model_name_or_path)
     if model_args.model_name_or_path and any(parts):
         problems.append(
             "Pass either --model_name_or_path (a VisionEncoderDecoder checkpoint) or --encoder_model_name_or_path "
@@ -244,56 +239,33 @@ def main(argv=None) -> dict:
             problems.append(f"--{name} '{path}' does not exist.")
     if model_args.config_name:
         problems.append("--config_name is not used by run_image_captioning.py; the config comes with the model(s).")
-    if caption_args.max_target_length < 2:
+    if task_args.max_target_length < 2:
         problems.append(
-            f"--max_target_length must be at least 2 (a token and eos), got {caption_args.max_target_length}."
+            f"--max_target_length must be at least 2 (a token and eos), got {task_args.max_target_length}."
         )
-    raise_if_problems(problems)
+    return problems
 
-    # 2. logging, seed
-    setup_run(training_args)
-    if (training_args.do_eval or training_args.do_predict) and not training_args.predict_with_generate:
-        logger.info("Captions are scored by generating them: turning on --predict_with_generate.")
-        training_args.predict_with_generate = True
-    # the collator reads `image_file` / `labels` / `reference_ids`; the Trainer would drop them as non-model inputs
-    training_args.remove_unused_columns = False
 
-    # 3. image processor and tokenizer first: the image check decodes images at the processor's resolution
-    hub_kwargs = model_args.hub_kwargs()
-    model_path = model_args.model_name_or_path
-    check_models(model_args, caption_args, hub_kwargs)
-    if model_path:
-        image_processor = load_image_processor(model_path, "model_name_or_path", hub_kwargs)
-    else:
-        image_processor = load_image_processor(parts[0], "encoder_model_name_or_path", hub_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path or parts[1], **hub_kwargs)
-    added_tokens = set_special_tokens(tokenizer)
-    target_size = image_target_size(image_processor)
+def encode_captions(captions: list[str], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
+    """Label ids of each caption (eos-terminated, cut to max_length), and how many were cut."""
+    ids = tokenizer([strip_tokenizer_spaces(c) for c in captions], add_special_tokens=False)["input_ids"]
+    cut = sum(len(i) > max_length - 1 for i in ids)
+    return [caption_labels(i, tokenizer.eos_token_id, max_length) for i in ids], cut
 
-    # 4. data: every image decoded once, broken ones skipped and listed; captions -> labels
-    with training_args.main_process_first(desc="loading data and checking images"):
-        pairs = load_image_text_datasets(
-            data_args, image_args, training_args, target_size, model_args.cache_dir, captions_optional=("test",)
-        )
-    eos = tokenizer.eos_token_id
 
-    def encode(captions: list[str]) -> tuple[list[list[int]], int]:
-        ids = tokenizer([strip_tokenizer_spaces(c) for c in captions], add_special_tokens=False)["input_ids"]
-        cut = sum(len(i) > caption_args.max_target_length - 1 for i in ids)
-        return [caption_labels(i, eos, caption_args.max_target_length) for i in ids], cut
-
+def caption_datasets(pairs, tokenizer, max_length: int) -> dict[str, Dataset]:
+    """Training: one example per caption. Evaluation and test: one example per image, with all its captions."""
     data = {}
     for split, ds in pairs.items():
-        if split == "train":  # every caption row is a training example
-            labels, cut = encode(ds["caption"])
+        if split == "train":
+            labels, cut = encode_captions(ds["caption"], tokenizer, max_length)
             data[split] = Dataset.from_dict({"image_file": ds["image_file"], "labels": labels})
-        else:  # one example per image, scored against all its captions
-            columns = per_image_rows(ds)
-            cut = 0
+        else:
+            columns, cut = per_image_rows(ds), 0
             if any(columns["captions"]):
                 references = []
                 for captions in columns["captions"]:
-                    ids, n_cut = encode(captions)
+                    ids, n_cut = encode_captions(captions, tokenizer, max_length)
                     references.append(ids)
                     cut += n_cut
                 columns["labels"] = [ids[0] for ids in references]
@@ -301,14 +273,13 @@ def main(argv=None) -> dict:
             data[split] = Dataset.from_dict(columns)
         if cut:
             logger.warning(
-                "%s: %d captions are longer than --max_target_length %d tokens and were cut.",
-                split,
-                cut,
-                caption_args.max_target_length,
+                "%s: %d captions are longer than --max_target_length %d tokens and were cut.", split, cut, max_length
             )
+    return data
 
-    # 5. model, with explicit decoder start / pad / eos on both the config and the generation config
-    model = load_model(model_args, caption_args, dict(hub_kwargs, dtype=model_args.dtype))
+
+def set_decoder_tokens(model, tokenizer, added_tokens: int, from_checkpoint: bool) -> None:
+    """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens."""
     rows = model.decoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
         model.decoder.resize_token_embeddings(len(tokenizer))
@@ -317,12 +288,11 @@ def main(argv=None) -> dict:
         )
     if added_tokens:
         logger.info(
-            "Added %d special token(s) to the tokenizer: eos %s, pad %s",
-            added_tokens,
-            tokenizer.eos_token,
+            "Added %d special token(s) to the tokenizer: eos %s, pad %s", added_tokens, tokenizer.eos_token,
             tokenizer.pad_token,
-        )
-    start = model.config.decoder_start_token_id if model_path else None
+        )  # fmt: skip
+    eos = tokenizer.eos_token_id
+    start = model.config.decoder_start_token_id if from_checkpoint else None
     if start is None:  # BERT vocabularies start from [CLS]; GPT-2's from its bos (= <|endoftext|>)
         start = next(i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, eos) if i is not None)
     for target in (model.config, model.generation_config):
@@ -331,7 +301,11 @@ def main(argv=None) -> dict:
         "Decoder start %s, eos %s, pad %s",
         *(f"{tokenizer.convert_ids_to_tokens(i)} ({i})" for i in (start, eos, tokenizer.pad_token_id)),
     )
-    if caption_args.freeze_encoder:
+
+
+def freeze_encoder(model, task_args) -> None:
+    """--freeze_encoder: the image encoder's weights stay fixed; log what trains."""
+    if task_args.freeze_encoder:
         model.encoder.requires_grad_(False)
         logger.info(
             "--freeze_encoder: %d encoder weights stay fixed.", sum(p.numel() for p in model.encoder.parameters())
@@ -339,52 +313,108 @@ def main(argv=None) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
 
-    # 6. collator, generation settings, metrics
-    collator = ImageCaptionCollator(image_processor, target_size)
-    generation_config = build_generation_config(gen_args, tokenizer, model, caption_args.max_target_length)
-    model.generation_config = generation_config  # the saved model then captions the way it was evaluated
 
-    def decode_references(label_ids) -> list[list[str]]:
-        return [decode_generations(tokenizer, split_references(row, eos)) for row in label_ids.tolist()]
+class CaptionMetrics:
+    """compute_metrics: BLEU-4, ROUGE-L and CIDEr-D of the generated captions against all captions of each image."""
 
-    def compute_metrics(eval_pred) -> dict:
-        predictions = decode_generations(tokenizer, eval_pred.predictions)
-        return caption_metrics(predictions, decode_references(eval_pred.label_ids))
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
 
-    # 7. trainer
-    trainer = MultiReferenceSeq2SeqTrainer(
+    def __call__(self, eval_pred) -> dict:
+        predictions = decode_generations(self.tokenizer, eval_pred.predictions)
+        eos = self.tokenizer.eos_token_id
+        references = [
+            decode_generations(self.tokenizer, split_references(row, eos)) for row in eval_pred.label_ids.tolist()
+        ]
+        return caption_metrics(predictions, references)
+
+
+def write_predictions(output, test: Dataset, tokenizer, output_dir: Path) -> None:
+    """generated_predictions.jsonl: image path, generated caption and the image's captions, per test image."""
+    write_generated_predictions(
+        output_dir / "generated_predictions.jsonl",
+        {
+            "image_path": test["image_path"],
+            "predict": decode_generations(tokenizer, output.predictions),
+            "references": test["captions"],
+        },
+    )
+
+
+def main(argv=None) -> dict:
+    # validate
+    args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
+    model_args, data_args, image_args, task_args, generation_args, training_args = args
+    raise_if_problems(argument_problems(*args))
+
+    # set up the run
+    setup_run(args)
+    if (training_args.do_eval or training_args.do_predict) and not training_args.predict_with_generate:
+        logger.info("Captions are scored by generating them: turning on --predict_with_generate.")
+        training_args.predict_with_generate = True
+    # the collator reads `image_file` / `labels` / `reference_ids`; the Trainer would drop them as non-model inputs
+    training_args.remove_unused_columns = False
+
+    # load raw data: one row per (image, caption); images are checked below, at the processor's resolution
+    hub_kwargs = model_args.hub_kwargs()
+    check_models(model_args, task_args, hub_kwargs)
+    with training_args.main_process_first(desc="loading data"):
+        pairs = load_image_text_rows(
+            data_args, image_args, training_args, model_args.cache_dir, captions_optional=("test",)
+        )
+
+    # processor: the encoder's image processor and the decoder's tokenizer (with eos and a pad that is not eos)
+    model_path = model_args.model_name_or_path
+    image_source = (
+        (model_path, "model_name_or_path")
+        if model_path
+        else (task_args.encoder_model_name_or_path, "encoder_model_name_or_path")
+    )
+    image_processor = load_image_processor(*image_source, hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_path or task_args.decoder_model_name_or_path, **hub_kwargs
+    )
+    added_tokens = set_special_tokens(tokenizer)
+    target_size = image_target_size(image_processor)
+
+    # preprocess: every image decoded once (broken ones skipped and listed), captions -> labels
+    with training_args.main_process_first(desc="checking images"):
+        pairs = check_image_rows(
+            pairs, image_args, training_args, target_size, model_args.cache_dir, data_args.preprocessing_num_workers
+        )
+    data = caption_datasets(pairs, tokenizer, task_args.max_target_length)
+
+    # model
+    model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
+    set_decoder_tokens(model, tokenizer, added_tokens, from_checkpoint=bool(model_path))
+    freeze_encoder(model, task_args)
+
+    # trainer: the saved model then captions the way it was evaluated
+    model.generation_config = build_generation_config(generation_args, tokenizer, model, task_args.max_target_length)
+    trainer = MultiReferenceTrainer(
         model=model,
         args=training_args,
         train_dataset=data.get("train"),
         eval_dataset=data.get("validation"),
         processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
-        generation_config=generation_config,
+        data_collator=ImageCaptionCollator(image_processor, target_size),
+        compute_metrics=CaptionMetrics(tokenizer),
+        generation_config=model.generation_config,
         callbacks=[SaveImageProcessorCallback(image_processor)],
     )
     if training_args.do_train and training_args.should_save:
         image_processor.save_pretrained(training_args.output_dir)
 
-    def write_predictions(output) -> None:
-        test = data["test"]
-        write_generated_predictions(
-            Path(training_args.output_dir) / "generated_predictions.jsonl",
-            {
-                "image_path": test["image_path"],
-                "predict": decode_generations(tokenizer, output.predictions),
-                "references": test["captions"],
-            },
-        )
-
-    # 8-10. train, evaluate, predict
+    # train, evaluate, predict
     return train_evaluate_predict(
         trainer,
         training_args,
         train_dataset=data.get("train"),
         eval_dataset=data.get("validation"),
         predict_dataset=data.get("test"),
-        after_predict=write_predictions,
+        after_predict=lambda output: write_predictions(
+            output, data["test"], tokenizer, Path(training_args.output_dir)
+        ),
     )
 
 

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,28 +38,20 @@ from arguments import (
     common_problems,
     finetuning_problems,
     generation_problems,
-    parse_args,
     raise_if_problems,
 )
 from collators import LABEL_PAD, PromptResponseCollator
-from mechanics import (
-    apply_lora,
-    drop_invalid_rows,
-    find_column,
-    is_blank,
-    limit_samples,
-    load_raw_datasets,
-    setup_run,
-    train_evaluate_predict,
-)
+from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from launch import prepare_launch
 from metrics import rouge_bleu
-from trainer_seq2seq import Seq2SeqTrainer, build_generation_config, decode_generations, write_generated_predictions
+from parsing import parse_args
+from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
+from training import apply_lora, apply_ptuning, load_adapter, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
 PROMPT_COLUMNS = ("content", "prompt", "query", "question", "input")
 RESPONSE_COLUMNS = ("summary", "response", "answer", "output", "target")
-DEFAULT_PRE_SEQ_LEN = 128
 
 
 @dataclass
@@ -97,18 +90,6 @@ class PromptResponseArguments:
     )
     ignore_pad_token_for_loss: bool = field(
         default=True, metadata={"help": "Kept for ChatGLM argument files: padding never counts in the loss."}
-    )
-    pre_seq_len: int | None = field(
-        default=None,
-        metadata={
-            "help": f"P-Tuning v2: number of trained prefix tokens at every layer (default {DEFAULT_PRE_SEQ_LEN})."
-        },
-    )
-    prefix_projection: bool = field(
-        default=False, metadata={"help": "P-Tuning v2: produce the prefixes through a 2-layer MLP (more parameters)."}
-    )
-    prefix_hidden_size: int | None = field(
-        default=None, metadata={"help": "P-Tuning v2: hidden size of that MLP (default: the model's hidden size)."}
     )
     ptuning_checkpoint: str | None = field(
         default=None,
@@ -246,20 +227,17 @@ def quantization_problems(bits: int | None, finetuning_type: str) -> list[str]:
     return problems
 
 
-def main(argv=None) -> dict:
-    # 1. arguments, validated before anything heavy is loaded
-    model_args, data_args, task_args, ft_args, gen_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
+def argument_problems(model_args, data_args, task_args, finetuning_args, generation_args, training_args) -> list[str]:
+    """Every problem with the arguments, found before anything is loaded."""
     problems = common_problems(model_args, data_args, training_args)
-    problems += finetuning_problems(ft_args, ("full", "lora", "ptuning"))
-    problems += generation_problems(gen_args)
+    problems += finetuning_problems(finetuning_args, ("full", "lora", "ptuning"))
+    problems += generation_problems(generation_args)
     if not model_args.model_name_or_path:
         problems.append("--model_name_or_path is required (a hub id such as Qwen/Qwen2.5-1.5B-Instruct, or a dir).")
     for name in ("max_source_length", "max_target_length"):
         if getattr(task_args, name) < 2:
             problems.append(f"--{name} must be at least 2, got {getattr(task_args, name)}.")
-    if task_args.pre_seq_len is not None and task_args.pre_seq_len < 1:
-        problems.append(f"--pre_seq_len must be at least 1, got {task_args.pre_seq_len}.")
-    if ft_args.finetuning_type == "ptuning" and training_args.gradient_checkpointing:
+    if finetuning_args.finetuning_type == "ptuning" and training_args.gradient_checkpointing:
         problems.append(
             "--finetuning_type ptuning cannot be combined with --gradient_checkpointing: peft drops the trained "
             "prefix when layers are recomputed. Remove --gradient_checkpointing (P-Tuning needs little memory), "
@@ -273,22 +251,30 @@ def main(argv=None) -> dict:
             "Give the output_dir (or a checkpoint-N dir) of a --finetuning_type ptuning/lora run; a full fine-tune "
             "is loaded with --model_name_or_path instead."
         )
-    problems += quantization_problems(task_args.quantization_bit, ft_args.finetuning_type)
+    problems += quantization_problems(task_args.quantization_bit, finetuning_args.finetuning_type)
     if task_args.model_parallel_mode and training_args.world_size > 1:
         problems.append(
             "--model_parallel_mode runs ONE process that spreads the model over the GPUs; do not launch it with "
             "torchrun/deepspeed. Use it with plain `python`, or drop it for data parallelism."
         )
-    raise_if_problems(problems)
+    return problems
 
-    # 2. logging, seed
-    setup_run(training_args, model_parallel=task_args.model_parallel_mode)
-    if ft_args.finetuning_type != "lora" and ft_args.lora_rank != FinetuningArguments.lora_rank:
+
+def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> None:
+    """Say which given arguments have no effect, and turn on generation where prediction needs it."""
+    if finetuning_args.finetuning_type != "lora" and finetuning_args.lora_rank != FinetuningArguments.lora_rank:
         logger.warning(
-            "--lora_rank is set but --finetuning_type is %s: LoRA settings are ignored.", ft_args.finetuning_type
+            "--lora_rank is set but --finetuning_type is %s: LoRA settings are ignored.",
+            finetuning_args.finetuning_type,
         )
-    if ft_args.finetuning_type != "ptuning" and task_args.pre_seq_len is not None and not checkpoint:
-        logger.warning("--pre_seq_len is set but --finetuning_type is %s: it is ignored.", ft_args.finetuning_type)
+    if (
+        finetuning_args.finetuning_type != "ptuning"
+        and finetuning_args.pre_seq_len is not None
+        and not task_args.ptuning_checkpoint
+    ):
+        logger.warning(
+            "--pre_seq_len is set but --finetuning_type is %s: it is ignored.", finetuning_args.finetuning_type
+        )
     if not task_args.ignore_pad_token_for_loss:
         logger.warning("--ignore_pad_token_for_loss false is ignored: learning to predict padding only hurts.")
     if training_args.do_predict and not training_args.predict_with_generate:
@@ -297,57 +283,61 @@ def main(argv=None) -> dict:
     # our collator builds exactly the keys the model and the trainer's generation step use
     training_args.remove_unused_columns = False
 
-    # 3. data
+
+def find_roles(ds, split: str, task_args) -> dict[str, str]:
+    """{role: column} of one split; roles: prompt | instruction + input (Alpaca), response, history."""
+    columns = ds.column_names
+    if task_args.prompt_column is None and "instruction" in columns:  # Alpaca-style file
+        roles = {"instruction": "instruction", **({"input": "input"} if "input" in columns else {})}
+        response_column = task_args.response_column or "output"
+        has_response = response_column in columns
+    else:
+        roles = {"prompt": find_column(ds, task_args.prompt_column, "prompt_column", PROMPT_COLUMNS, split)}
+        response_column = task_args.response_column
+        has_response = response_column in columns if response_column else bool(set(RESPONSE_COLUMNS) & set(columns))
+    if split != "test" or has_response:  # test files may come without answers: predict only
+        roles["response"] = find_column(ds, response_column, "response_column", RESPONSE_COLUMNS, split)
+    if task_args.history_column or "history" in columns:
+        roles["history"] = find_column(ds, task_args.history_column, "history_column", ("history",), split)
+    return roles
+
+
+def query_of(row: dict) -> str:
+    """The question of a row given by role: the prompt, or an Alpaca instruction with its input."""
+    if "instruction" in row:
+        extra = row.get("input")
+        return str(row["instruction"]).strip() + ("\n" + str(extra).strip() if not is_blank(extra) else "")
+    return str(row["prompt"]).strip()
+
+
+def row_problem(values: dict, roles: dict[str, str], needs_response: bool) -> str | None:
+    """Why a row cannot be used (no prompt, no response, a malformed history), or None."""
+    row = {role: values[column] for role, column in roles.items()}
+    if is_blank(row.get("prompt", row.get("instruction"))):
+        return "empty or missing prompt"
+    if needs_response and is_blank(row.get("response")):
+        return "empty or missing response"
+    if "history" in row and read_history(row["history"]) is None:
+        return "history is not a list of [query, answer] pairs"
+    return None
+
+
+def load_prompt_response_data(data_args, task_args, training_args, cache_dir) -> tuple:
+    """The raw splits without unusable rows, and the role of each column, per split."""
     with training_args.main_process_first(desc="loading data"):
-        raw = load_raw_datasets(data_args, training_args, cache_dir=model_args.cache_dir)
-    roles = {}  # split -> {role: column}, roles: prompt | instruction + input (Alpaca), response, history
-    for split, ds in raw.items():
-        columns = ds.column_names
-        if task_args.prompt_column is None and "instruction" in columns:  # Alpaca-style file
-            split_roles = {"instruction": "instruction", **({"input": "input"} if "input" in columns else {})}
-            response_column = task_args.response_column or "output"
-            has_response = response_column in columns
-        else:
-            split_roles = {"prompt": find_column(ds, task_args.prompt_column, "prompt_column", PROMPT_COLUMNS, split)}
-            response_column = task_args.response_column
-            has_response = (
-                response_column in columns if response_column else bool(set(RESPONSE_COLUMNS) & set(columns))
-            )
-        if split != "test" or has_response:  # test files may come without answers: predict only
-            split_roles["response"] = find_column(ds, response_column, "response_column", RESPONSE_COLUMNS, split)
-        if task_args.history_column or "history" in columns:
-            split_roles["history"] = find_column(ds, task_args.history_column, "history_column", ("history",), split)
-        roles[split] = split_roles
-
-    def query_of(row: dict) -> str:
-        if "instruction" in row:
-            extra = row.get("input")
-            return str(row["instruction"]).strip() + ("\n" + str(extra).strip() if not is_blank(extra) else "")
-        return str(row["prompt"]).strip()
-
-    def drop_reason(row: dict, needs_response: bool) -> str | None:
-        if is_blank(row.get("prompt", row.get("instruction"))):
-            return "empty or missing prompt"
-        if needs_response and is_blank(row.get("response")):
-            return "empty or missing response"
-        if "history" in row and read_history(row["history"]) is None:
-            return "history is not a list of [query, answer] pairs"
-        return None
-
+        raw = load_raw_datasets(data_args, training_args, cache_dir=cache_dir)
+    roles = {split: find_roles(ds, split, task_args) for split, ds in raw.items()}
     for split in list(raw):
-        split_roles = roles[split]
-        raw[split] = drop_invalid_rows(
-            raw[split],
-            split,
-            list(split_roles.values()),
-            lambda row, r=split_roles, s=split: drop_reason({k: row[c] for k, c in r.items()}, s != "test"),
-        )
+        problem = partial(row_problem, roles=roles[split], needs_response=split != "test")
+        raw[split] = drop_invalid_rows(raw[split], split, list(roles[split].values()), problem)
     limit_samples(raw, data_args)
+    return raw, roles
 
-    # 4. tokenizer
+
+def load_tokenizer_and_config(model_args) -> tuple:
+    """The tokenizer, with an eos that ends responses and a pad token, and the model config; tokens added."""
     tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
+        model_args.tokenizer_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
     added_tokens = 0
     if tokenizer.eos_token is None:
@@ -358,117 +348,66 @@ def main(argv=None) -> dict:
         logger.info("The tokenizer has no eos token; using %s to end responses.", tokenizer.eos_token)
     if tokenizer.pad_token is None:  # padding never reaches the loss (-100), so sharing eos's id is harmless
         tokenizer.pad_token = tokenizer.eos_token
-
-    # 5. model
     config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
+        model_args.config_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
-    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    load_kwargs = {}
-    if task_args.model_parallel_mode:
-        if torch.cuda.device_count() < 2:
-            logger.warning("--model_parallel_mode with %d GPU(s): nothing to spread.", torch.cuda.device_count())
-        load_kwargs["device_map"] = "auto"
-    if task_args.quantization_bit:
-        from transformers import BitsAndBytesConfig
+    return tokenizer, config, added_tokens
 
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=task_args.quantization_bit == 4,
-            load_in_8bit=task_args.quantization_bit == 8,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_quant_type="nf4",
-        )
-    model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-    model = model_class.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        **model_args.hub_kwargs(),
-        dtype=model_args.dtype,
-        **load_kwargs,
-    )
-    if added_tokens:
-        model.resize_token_embeddings(len(tokenizer))
-    for target in (model.config, model.generation_config):
-        target.pad_token_id, target.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    if task_args.quantization_bit:
-        from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
-    task_type = "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM"
-    if checkpoint:
-        model = load_adapter(model, checkpoint, ft_args, task_args, model_args, is_trainable=training_args.do_train)
-    elif ft_args.finetuning_type == "lora":
-        model = apply_lora(model, ft_args, task_type)
-    elif ft_args.finetuning_type == "ptuning":
-        from peft import PrefixTuningConfig, get_peft_model
+def encode_batch(batch, split: str, roles: dict, builder: PromptBuilder, keep_generation_inputs: bool) -> dict:
+    """Token ids of a batch: decoder-only rows get prompt + response with labels on the response only, and
+    (for evaluation) the prompt alone to generate from; encoder-decoder rows get the prompt and the response.
+    """
+    n = len(next(iter(batch.values())))
+    out = {k: [] for k in ("input_ids", "labels", "prompt_ids", "reference_ids", "length")}
+    stats = {"turns_dropped": 0, "prompts_cut": 0, "responses_cut": 0}
+    for i in range(n):
+        row = {role: batch[column][i] for role, column in roles.items()}
+        prompt, dropped, cut = builder.prompt_ids(query_of(row), read_history(row.get("history")) or [])
+        stats["turns_dropped"] += dropped
+        stats["prompts_cut"] += cut
+        response = None if is_blank(row.get("response")) else builder.response_ids(str(row["response"]).strip())
+        if response is not None:
+            stats["responses_cut"] += response[1]
+        if builder.encoder_decoder:
+            out["input_ids"].append(prompt)
+            out["labels"].append(response[0] if response else None)
+            out["length"].append(len(prompt))
+            continue
+        out["prompt_ids"].append(prompt)
+        if response is not None:
+            for key, value in training_features(prompt, response[0]).items():
+                out[key].append(value)
+            out["reference_ids"].append(response[0])
+        out["length"].append(len(prompt) + (len(response[0]) if response is not None else 0))
+    keep = {"length"}
+    if builder.encoder_decoder:
+        keep |= {"input_ids"} | ({"labels"} if all(x is not None for x in out["labels"]) else set())
+    elif split == "train":
+        keep |= {"input_ids", "labels"}
+    else:
+        keep |= {"prompt_ids"} | ({"input_ids", "labels", "reference_ids"} if out["input_ids"] else set())
+        if not keep_generation_inputs:
+            keep -= {"prompt_ids", "reference_ids"}
+    # per-batch counts ride along as columns (one value per batch) so they survive num_proc workers
+    out.update({f"stat_{k}": [v] + [0] * (n - 1) for k, v in stats.items()})
+    return {k: v for k, v in out.items() if k in keep or k.startswith("stat_")}
 
-        prefix_config = PrefixTuningConfig(
-            task_type=task_type,
-            num_virtual_tokens=task_args.pre_seq_len or DEFAULT_PRE_SEQ_LEN,
-            prefix_projection=task_args.prefix_projection,
-            encoder_hidden_size=task_args.prefix_hidden_size or config.hidden_size,
-        )
-        model = get_peft_model(model, prefix_config)
-        trainable, total = model.get_nb_trainable_parameters()
-        logger.info("P-Tuning v2: training %d of %d parameters (%.3f%%)", trainable, total, 100 * trainable / total)
 
-    builder = PromptBuilder(
-        tokenizer, task_args.source_prefix, task_args.max_source_length, task_args.max_target_length, encoder_decoder
-    )
-    logger.info(
-        "Prompt format: %s. Example:\n%s",
-        "the tokenizer's chat template" if builder.use_template else "ChatGLM2 [Round i] 问/答",
-        builder.prompt_text("<query>", [("<earlier query>", "<earlier answer>")]),
-    )
-
-    def encode(batch, split):
-        split_roles = roles[split]
-        n = len(next(iter(batch.values())))
-        out = {k: [] for k in ("input_ids", "labels", "prompt_ids", "reference_ids", "length")}
-        stats = {"turns_dropped": 0, "prompts_cut": 0, "responses_cut": 0}
-        for i in range(n):
-            row = {role: batch[column][i] for role, column in split_roles.items()}
-            history = read_history(row.get("history")) or []
-            prompt, dropped, cut = builder.prompt_ids(query_of(row), history)
-            stats["turns_dropped"] += dropped
-            stats["prompts_cut"] += cut
-            response = None if is_blank(row.get("response")) else builder.response_ids(str(row["response"]).strip())
-            if response is not None:
-                stats["responses_cut"] += response[1]
-            if encoder_decoder:
-                out["input_ids"].append(prompt)
-                out["labels"].append(response[0] if response else None)
-                out["length"].append(len(prompt))
-                continue
-            out["prompt_ids"].append(prompt)
-            if response is not None:
-                for key, value in training_features(prompt, response[0]).items():
-                    out[key].append(value)
-                out["reference_ids"].append(response[0])
-                out["length"].append(len(prompt) + len(response[0]))
-            else:
-                out["length"].append(len(prompt))
-        keep = {"length"}
-        if encoder_decoder:
-            keep |= {"input_ids"} | ({"labels"} if all(x is not None for x in out["labels"]) else set())
-        elif split == "train":
-            keep |= {"input_ids", "labels"}
-        else:
-            keep |= {"prompt_ids"} | ({"input_ids", "labels", "reference_ids"} if out["input_ids"] else set())
-            if not training_args.predict_with_generate:
-                keep -= {"prompt_ids", "reference_ids"}
-        # per-batch counts ride along as columns (one value per batch) so they survive num_proc workers
-        out.update({f"stat_{k}": [v] + [0] * (n - 1) for k, v in stats.items()})
-        return {k: v for k, v in out.items() if k in keep or k.startswith("stat_")}
-
+def encode_splits(raw, roles, builder: PromptBuilder, data_args, training_args) -> dict:
+    """Every split encoded (main process first; cached by `datasets`), with the truncation counts logged."""
     processed = {}
     with training_args.main_process_first(desc="tokenizing"):
         for split, ds in raw.items():
             encoded = ds.map(
-                encode,
+                encode_batch,
                 batched=True,
-                fn_kwargs={"split": split},
+                fn_kwargs={
+                    "split": split,
+                    "roles": roles[split],
+                    "builder": builder,
+                    "keep_generation_inputs": training_args.predict_with_generate,
+                },
                 remove_columns=ds.column_names,
                 num_proc=data_args.preprocessing_num_workers,
                 load_from_cache_file=not data_args.overwrite_cache,
@@ -483,88 +422,130 @@ def main(argv=None) -> dict:
                         "%s: %d %s (raise --max_source_length / --max_target_length to keep them)", split, count, what
                     )
             processed[split] = encoded.remove_columns(stat_columns)
+    return processed
 
-    # 6. collator and metrics
+
+def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens: int, training_args):
+    """The causal-LM or seq2seq model (quantized or spread over GPUs if asked), with its adapter or new adapters."""
+    load_kwargs = {}
+    if task_args.model_parallel_mode:
+        if torch.cuda.device_count() < 2:
+            logger.warning("--model_parallel_mode with %d GPU(s): nothing to spread.", torch.cuda.device_count())
+        load_kwargs["device_map"] = "auto"
+    if task_args.quantization_bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=task_args.quantization_bit == 4,
+            load_in_8bit=task_args.quantization_bit == 8,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_type="nf4",
+        )
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    model = model_class.from_pretrained(
+        model_args.model_name_or_path, config=config, **model_args.hub_kwargs(), dtype=model_args.dtype, **load_kwargs
+    )
+    if added_tokens:
+        model.resize_token_embeddings(len(tokenizer))
+    for target in (model.config, model.generation_config):
+        target.pad_token_id, target.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if task_args.quantization_bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    task_type = "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM"
+    if task_args.ptuning_checkpoint:
+        return load_adapter(
+            model, task_args.ptuning_checkpoint, finetuning_args, model_args.model_name_or_path, training_args.do_train
+        )
+    if finetuning_args.finetuning_type == "lora":
+        return apply_lora(model, finetuning_args, task_type)
+    if finetuning_args.finetuning_type == "ptuning":
+        return apply_ptuning(model, finetuning_args, task_type, config.hidden_size)
+    return model
+
+
+def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool) -> PromptResponseCollator:
+    """Dynamic padding, or ChatGLM's static padding to max_source + max_target with --pad_to_max_length."""
+    total = task_args.max_source_length + task_args.max_target_length
     static = task_args.pad_to_max_length
-    collator = PromptResponseCollator(
+    return PromptResponseCollator(
         tokenizer.pad_token_id,
         pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
-        max_length=(task_args.max_source_length + (0 if encoder_decoder else task_args.max_target_length))
-        if static
-        else None,
-        max_label_length=(task_args.max_target_length + (0 if encoder_decoder else task_args.max_source_length))
-        if static
-        else None,
+        max_length=(task_args.max_source_length if encoder_decoder else total) if static else None,
+        max_label_length=(task_args.max_target_length if encoder_decoder else total) if static else None,
     )
 
+
+def write_predictions(output, test, roles: dict, tokenizer, output_dir: Path) -> None:
+    """generated_predictions.jsonl: prompt, generated answer and reference answer per test row, in file order."""
+    prompts = [query_of({role: test[column][i] for role, column in roles.items()}) for i in range(len(test))]
+    labels = test[roles["response"]] if "response" in roles else [""] * len(test)
+    write_generated_predictions(
+        output_dir / "generated_predictions.jsonl",
+        {"prompt": prompts, "predict": decode_generations(tokenizer, output.predictions), "label": labels},
+    )
+
+
+def main(argv=None) -> dict:
+    # validate
+    args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
+    model_args, data_args, task_args, finetuning_args, generation_args, training_args = args
+    raise_if_problems(argument_problems(*args))
+
+    # set up the run
+    setup_run(args, model_parallel=task_args.model_parallel_mode)
+    warn_about_ignored_arguments(task_args, finetuning_args, training_args)
+
+    # load raw data
+    raw, roles = load_prompt_response_data(data_args, task_args, training_args, model_args.cache_dir)
+
+    # tokenizer (and the config: encoder-decoder or decoder-only decides the inputs)
+    tokenizer, config, added_tokens = load_tokenizer_and_config(model_args)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+
+    # preprocess: prompts in the model's format, loss on the responses only
+    builder = PromptBuilder(
+        tokenizer, task_args.source_prefix, task_args.max_source_length, task_args.max_target_length, encoder_decoder
+    )
+    logger.info(
+        "Prompt format: %s. Example:\n%s",
+        "the tokenizer's chat template" if builder.use_template else "ChatGLM2 [Round i] 问/答",
+        builder.prompt_text("<query>", [("<earlier query>", "<earlier answer>")]),
+    )
+    processed = encode_splits(raw, roles, builder, data_args, training_args)
+
+    # model
+    model = load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens, training_args)
+
+    # trainer: generation eval scored like ChatGLM's ptuning/main.py
     def compute_metrics(eval_pred) -> dict:
         predictions = decode_generations(tokenizer, eval_pred.predictions)
-        references = decode_generations(tokenizer, eval_pred.label_ids)
-        return rouge_bleu(predictions, references)
+        return rouge_bleu(predictions, decode_generations(tokenizer, eval_pred.label_ids))
 
-    generation_config = build_generation_config(gen_args, tokenizer, model, task_args.max_target_length)
-
-    # 7. trainer
-    trainer = Seq2SeqTrainer(
+    trainer = GenerationTrainer(
         model=model,
         args=training_args,
         train_dataset=processed.get("train"),
         eval_dataset=processed.get("validation"),
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=build_collator(tokenizer, task_args, training_args, encoder_decoder),
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
-        generation_config=generation_config,
+        generation_config=build_generation_config(generation_args, tokenizer, model, task_args.max_target_length),
     )
 
-    def write_predictions(output) -> None:
-        test, test_roles = raw["test"], roles["test"]
-        prompts = [query_of({role: test[column][i] for role, column in test_roles.items()}) for i in range(len(test))]
-        labels = test[test_roles["response"]] if "response" in test_roles else [""] * len(test)
-        predictions = decode_generations(tokenizer, output.predictions)
-        write_generated_predictions(
-            Path(training_args.output_dir) / "generated_predictions.jsonl",
-            {"prompt": prompts, "predict": predictions, "label": labels},
-        )
-
-    # 8-10. train, evaluate, predict
+    # train, evaluate, predict
     return train_evaluate_predict(
         trainer,
         training_args,
         train_dataset=processed.get("train"),
         eval_dataset=processed.get("validation"),
         predict_dataset=processed.get("test"),
-        after_predict=write_predictions,
+        after_predict=lambda output: write_predictions(
+            output, raw["test"], roles["test"], tokenizer, Path(training_args.output_dir)
+        ),
     )
-
-
-def load_adapter(model, checkpoint: str, ft_args, task_args, model_args, is_trainable: bool):
-    """Load a P-Tuning / LoRA checkpoint, refusing one that does not match the arguments given."""
-    from peft import PeftModel
-
-    saved = json.loads((Path(checkpoint) / "adapter_config.json").read_text(encoding="utf-8"))
-    method = {"PREFIX_TUNING": "ptuning", "LORA": "lora"}.get(saved.get("peft_type"), saved.get("peft_type"))
-    mismatches = []
-    if ft_args.finetuning_type not in ("full", method):
-        mismatches.append(f"it holds {method} weights but --finetuning_type is {ft_args.finetuning_type}")
-    if method == "ptuning" and task_args.pre_seq_len not in (None, saved.get("num_virtual_tokens")):
-        mismatches.append(
-            f"it was trained with pre_seq_len {saved.get('num_virtual_tokens')}, not {task_args.pre_seq_len}"
-        )
-    if method == "ptuning" and task_args.prefix_projection and not saved.get("prefix_projection"):
-        mismatches.append("it was trained without --prefix_projection")
-    if mismatches:
-        raise ValueError(f"--ptuning_checkpoint '{checkpoint}' does not match the arguments: {'; '.join(mismatches)}.")
-    base = saved.get("base_model_name_or_path")
-    if (
-        base
-        and Path(str(base)).resolve() != Path(model_args.model_name_or_path).resolve()
-        and base != model_args.model_name_or_path
-    ):
-        logger.warning("%s was trained on %s; loading it onto %s.", checkpoint, base, model_args.model_name_or_path)
-    logger.info(
-        "Loading %s checkpoint %s (%s)", method, checkpoint, {k: saved.get(k) for k in ("r", "num_virtual_tokens")}
-    )
-    return PeftModel.from_pretrained(model, checkpoint, is_trainable=is_trainable)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A small Seq2SeqTrainer subclass that evaluates decoder-only models by generation too.
+"""GenerationTrainer: a small Seq2SeqTrainer subclass that evaluates decoder-only models by generation too.
 
 The stock trainer runs `model(**inputs)` on the generation batch and returns prompt + generation.
 For a decoder-only model whose eval inputs are the prompt alone and whose labels are the answer
@@ -18,7 +18,8 @@ import transformers
 from transformers import GenerationConfig
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from mechanics import FileOrderEvaluation
+from metrics import strip_tokenizer_spaces
+from training import FileOrderEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def build_generation_config(gen_args, tokenizer, model, default_max_new_tokens: 
     return config
 
 
-class Seq2SeqTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
+class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
     """Generation eval for decoder-only and encoder-decoder models, with the given generation settings."""
 
     def __init__(self, *args, generation_config: GenerationConfig | None = None, **kwargs):
@@ -129,8 +130,6 @@ def zero3_step_per_forward(engine, model):
 
 def decode_generations(tokenizer, token_ids) -> list[str]:
     """Token ids (with -100 padding from the eval loop) -> clean texts without special tokens."""
-    from metrics import strip_tokenizer_spaces
-
     ids = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = [[pad if i < 0 else i for i in row] for row in ids]
@@ -149,7 +148,7 @@ def write_generated_predictions(path: str | Path, columns: dict[str, list]) -> N
     logger.info("%d generated predictions written to %s", len(columns["predict"]), path)
 
 
-class MultiReferenceSeq2SeqTrainer(Seq2SeqTrainer):
+class MultiReferenceTrainer(GenerationTrainer):
     """Encoder-decoder generation eval scored against several references per example (image captioning).
 
     Eval batches carry `labels` (one reference, teacher-forced: gives eval_loss) and `reference_ids` (all the

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collators import ImageTextCollator  # noqa: E402
-from mechanics import check_images, image_target_size  # noqa: E402
+from images import check_images, image_target_size  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:

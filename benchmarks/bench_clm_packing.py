@@ -26,16 +26,23 @@ import time
 from itertools import chain
 from pathlib import Path
 
+import datasets
+from transformers import AutoTokenizer
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from demo_models import build_tokenizer  # noqa: E402
+from demo_texts import clm_document  # noqa: E402
+from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks  # noqa: E402
+from run_clm import add_missing_special_tokens  # noqa: E402
+
 SHARED_TOKENIZER = Path("/work/shared/data/tokenizers/bert-base-chinese")
 BLOCK_SIZE = 512
 
 
 def make_corpus(out_dir: Path, megabytes: int, n_files: int, seed: int = 0) -> list[str]:
     """n_files txt files (one document per line) of about megabytes/n_files MB each."""
-    from demo_texts import clm_document
-
     rng = random.Random(seed)
     pool = [clm_document(rng) for _ in range(20000)]
     files, per_file = [], megabytes * 1_000_000 // n_files
@@ -59,15 +66,10 @@ def peak_rss_mb() -> dict:
 
 def measure(kind: str, files: list[str], tokenizer_dir: str, work: Path, workers: int) -> dict:
     """One measurement, run inside its own process."""
-    import datasets
-    from transformers import AutoTokenizer
-
-    import run_clm
-
     datasets.disable_progress_bars()
     datasets.disable_caching()  # the baseline's map() results still go to cache files below `work`
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    run_clm.add_missing_special_tokens(tokenizer, from_scratch=True)
+    add_missing_special_tokens(tokenizer, from_scratch=True)
     megabytes = sum(os.path.getsize(f) for f in files) / 1e6
     start = time.perf_counter()
     if kind == "baseline":
@@ -85,17 +87,16 @@ def measure(kind: str, files: list[str], tokenizer_dir: str, work: Path, workers
         tokens, blocks = sum(len(ids) for ids in tokenized["input_ids"]), len(grouped)
         seconds = time.perf_counter() - start
     elif kind in ("cold", "hit"):
-        encoder = run_clm.DocumentEncoder(tokenizer, None, tokenizer.eos_token_id)
-        parts = run_clm.load_or_build_blocks(
-            files, "train_file", "text", "utf-8", encoder, BLOCK_SIZE, len(tokenizer), work / "cache", workers=workers
-        )
+        encoder = DocumentEncoder(tokenizer, None, tokenizer.eos_token_id)
+        recipe = BlockRecipe(files, "train_file", "text", "utf-8", encoder, BLOCK_SIZE)
+        parts = load_or_build_blocks(recipe, work / "cache", workers=workers)
         seconds = time.perf_counter() - start
         blocks = len(parts["main"])
         info = json.loads(next((work / "cache").glob("*/info.json")).read_text(encoding="utf-8"))
         tokens = info["stats"]["main_tokens"]
     elif kind == "streaming":
-        encoder = run_clm.DocumentEncoder(tokenizer, None, tokenizer.eos_token_id)
-        stream = run_clm.StreamedBlocks(files, "train_file", "text", "utf-8", encoder, BLOCK_SIZE, 0, 10000)
+        encoder = DocumentEncoder(tokenizer, None, tokenizer.eos_token_id)
+        stream = StreamedBlocks(BlockRecipe(files, "train_file", "text", "utf-8", encoder, BLOCK_SIZE), 0, 10000)
         blocks = sum(1 for _ in stream)
         tokens = blocks * BLOCK_SIZE
         seconds = time.perf_counter() - start
@@ -137,8 +138,6 @@ def main() -> None:
             if SHARED_TOKENIZER.is_dir():
                 tokenizer_dir = str(SHARED_TOKENIZER)
             else:
-                from demo_models import build_tokenizer
-
                 tokenizer_dir = str(tmp / "tokenizer")
                 build_tokenizer(tokenizer_dir)
         (tmp / "corpus").mkdir()

@@ -23,14 +23,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import run_seq2seq_ptuning as s2s  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 
 
 def build_model(out_dir: Path, data_dir: Path, hidden_size: int, layers: int) -> None:
     """A Llama with the bert-base-chinese vocabulary ([SEP] ends responses), 64-wide attention heads."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "bert-base-chinese")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -51,10 +54,6 @@ def build_model(out_dir: Path, data_dir: Path, hidden_size: int, layers: int) ->
 
 def real_tokens(model_dir: Path, data: Path, prompt_column, response_column, source: int, target: int, rows: int):
     """Non-pad tokens of the first `rows` training rows, built exactly as the script builds them."""
-    from transformers import AutoTokenizer
-
-    import run_seq2seq_ptuning as s2s
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.eos_token = tokenizer.sep_token
     builder = s2s.PromptBuilder(tokenizer, "", source, target, encoder_decoder=False)
@@ -74,8 +73,6 @@ def real_tokens(model_dir: Path, data: Path, prompt_column, response_column, sou
 
 
 def train_seconds(model_dir, data, workdir, extra: list[str], steps: int, batch: int, device: list[str]) -> float:
-    import run_seq2seq_ptuning as s2s
-
     results = s2s.main(
         [
             "--model_name_or_path", str(model_dir), "--train_file", str(data), "--output_dir", str(workdir),
@@ -103,8 +100,6 @@ def main(argv=None) -> None:
     if not data_dir.is_dir():
         sys.exit(f"The benchmark needs the shared real data at {data_dir} (see ../shared/data/README.md).")
     device = ["--use_cpu"] if args.device == "cpu" else ["--bf16"]
-
-    import run_seq2seq_ptuning as s2s
 
     work = Path(tempfile.mkdtemp(prefix="bench_seq2seq_"))
     model_dir = work / "model"

@@ -7,14 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 from transformers import TrainingArguments
 
-from arguments import (
-    DataTrainingArguments,
-    ModelArguments,
-    common_problems,
-    parse_args,
-    raise_if_problems,
-    read_argument_file,
-)
+from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
+from parsing import parse_args, read_argument_file
 
 SHARED = [ModelArguments, DataTrainingArguments, TrainingArguments]
 
@@ -37,7 +31,7 @@ def write_json(path, obj):
 
 
 def warnings_of(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "arguments" and r.levelno >= logging.WARNING)
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "parsing" and r.levelno >= logging.WARNING)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -236,7 +230,7 @@ def test_duplicated_json_key_last_wins_with_warning(tmp_path, caplog):
         '{"output_dir": "output/第一次", "learning_rate": 2e-2, "output_dir": "output/adgen-chatglm-6b-pt"}',
         encoding="utf-8",
     )
-    with caplog.at_level(logging.WARNING, logger="arguments"):
+    with caplog.at_level(logging.WARNING, logger="parsing"):
         _, _, training_args = parse_args(SHARED, [str(path)])
     assert training_args.output_dir == "output/adgen-chatglm-6b-pt"
     assert training_args.learning_rate == 2e-2
@@ -352,7 +346,7 @@ def check_v4_warnings(caplog, prefix):
     """One warning per old key, each naming the key and what happens to it now."""
     messages = {}
     for record in caplog.records:
-        if record.name == "arguments" and record.levelno == logging.WARNING:
+        if record.name == "parsing" and record.levelno == logging.WARNING:
             key = record.getMessage().split("`")[1]
             messages[key] = record.getMessage()
     assert "renamed to `eval_strategy`" in messages[f"{prefix}evaluation_strategy"]
@@ -370,7 +364,7 @@ def check_v4_warnings(caplog, prefix):
 
 def test_v4_keys_in_a_file(tmp_path, caplog):
     path = write_json(tmp_path / "old.json", dict(V4_FILE, output_dir=str(tmp_path)))
-    with caplog.at_level(logging.WARNING, logger="arguments"):
+    with caplog.at_level(logging.WARNING, logger="parsing"):
         model_args, _, training_args = parse_args(SHARED, [path])
     check_v4_result(model_args, training_args)
     messages = check_v4_warnings(caplog, "")
@@ -393,7 +387,7 @@ def test_v4_flags_on_the_command_line(tmp_path, caplog):
         "--per_gpu_train_batch_size",
         "4",
     ]
-    with caplog.at_level(logging.WARNING, logger="arguments"):
+    with caplog.at_level(logging.WARNING, logger="parsing"):
         model_args, _, training_args = parse_args(SHARED, argv)
     check_v4_result(model_args, training_args)
     check_v4_warnings(caplog, "--")
@@ -557,10 +551,10 @@ def test_resume_path_that_exists(tmp_path, train_csv):
 def test_parse_args_doctest():
     import doctest
 
-    import arguments
+    import parsing
 
     runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(arguments.parse_args, globs=dict(vars(arguments))):
+    for test in doctest.DocTestFinder().find(parsing.parse_args, globs=dict(vars(parsing))):
         runner.run(test)
     result = runner.summarize(verbose=False)
-    assert (result.attempted, result.failed) == (2, 0)
+    assert (result.attempted, result.failed) == (3, 0)

@@ -261,7 +261,7 @@ def test_colour_is_named_correctly(demo_run):
 def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    from mechanics import image_target_size, open_image
+    from images import image_target_size, open_image
     from metrics import strip_tokenizer_spaces
 
     _, output_dir = demo_run

@@ -171,7 +171,7 @@ def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
     assert embeddings["text_embeds"].shape[0] == len(index["texts"]) == 200
 
     # the reloaded model + processor give the saved embeddings for a test image (loaded the way training does)
-    from mechanics import image_target_size, open_image
+    from images import image_target_size, open_image
 
     image = open_image(
         demo_dir / "data" / "shapes" / first["image_path"], image_target_size(processor.image_processor)

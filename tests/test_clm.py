@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+import packing
 import run_clm
 from metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
 
@@ -71,7 +72,7 @@ def one_torch_thread():
 
 
 def test_packer_cuts_exact_blocks_and_carries_the_tail():
-    packer = run_clm.BlockPacker(4)
+    packer = packing.BlockPacker(4)
     assert packer.add(np.arange(8)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert packer.tail == 0
     # fewer tokens than a block: no block and no crash, they wait for the next call
@@ -82,7 +83,7 @@ def test_packer_cuts_exact_blocks_and_carries_the_tail():
 
 def test_encoder_ends_every_document_with_eos(char_tokenizer):
     eos = char_tokenizer.eos_token_id
-    encoder = run_clm.DocumentEncoder(char_tokenizer, None, eos)
+    encoder = packing.DocumentEncoder(char_tokenizer, None, eos)
     first = char_tokenizer("今天天气", add_special_tokens=False)["input_ids"]
     second = char_tokenizer("很好。", add_special_tokens=False)["input_ids"]
     assert encoder(["今天天气", "很好。"]).tolist() == [*first, eos, *second, eos]
@@ -93,7 +94,7 @@ def test_llama_style_tokenizer_gets_bos_per_document(demo_dir):
     tokenizer = AutoTokenizer.from_pretrained(demo_dir / "models" / "llama-tiny-zh")
     bos = run_clm.document_start_token(tokenizer)
     assert bos == tokenizer.bos_token_id
-    tokens = run_clm.DocumentEncoder(tokenizer, bos, tokenizer.eos_token_id)(["北京天气", "上海"]).tolist()
+    tokens = packing.DocumentEncoder(tokenizer, bos, tokenizer.eos_token_id)(["北京天气", "上海"]).tolist()
     assert tokens[0] == bos and tokens[-1] == tokenizer.eos_token_id
     assert tokens.count(bos) == 2 and tokens.count(tokenizer.eos_token_id) == 2
     assert tokens[tokens.index(tokenizer.eos_token_id) + 1] == bos  # the next document starts right after eos
@@ -109,8 +110,8 @@ def test_bert_vocab_gets_bos_eos_and_a_pad_that_is_not_eos(demo_dir, char_tokeni
 
 def test_eos_stays_in_the_labels(char_tokenizer):
     eos = char_tokenizer.eos_token_id
-    encoder = run_clm.DocumentEncoder(char_tokenizer, None, eos)
-    blocks = run_clm.BlockPacker(8).add(encoder(["北京今天晴。", "上海有雨。", "杭州多云，有风。"]))
+    encoder = packing.DocumentEncoder(char_tokenizer, None, eos)
+    blocks = packing.BlockPacker(8).add(encoder(["北京今天晴。", "上海有雨。", "杭州多云，有风。"]))
     batch = run_clm.collate_blocks([{"input_ids": row} for row in blocks])
     assert (batch["labels"] == eos).sum() == (batch["input_ids"] == eos).sum() > 0
     assert (batch["labels"] != -100).all()
@@ -142,23 +143,22 @@ def test_sample_text_loses_tokenizer_spaces():
 def test_workers_and_streaming_give_the_same_blocks_as_one_process(demo_dir, char_tokenizer, tmp_path):
     """Packing is deterministic: 2 worker processes, and the streaming packer, reproduce the 1-process blocks."""
     files = [str(demo_dir / "data" / "clm" / "train.txt")]
-    encoder = run_clm.DocumentEncoder(char_tokenizer, None, char_tokenizer.eos_token_id)
+    encoder = packing.DocumentEncoder(char_tokenizer, None, char_tokenizer.eos_token_id)
+    recipe = packing.BlockRecipe(files, "train_file", "text", "utf-8", encoder, 64)
     results = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         out.mkdir()
-        stats = run_clm.build_blocks(
-            files, "train_file", "text", "utf-8", encoder, 64, len(char_tokenizer), out, workers=workers
-        )
+        stats = packing.build_blocks(recipe, out, workers=workers)
         results[workers] = _read_blocks(out / "main.arrow")
         assert stats["main_blocks"] == len(results[workers]) > 100
         assert stats["main_dropped_tail_tokens"] < 64
         assert stats["main_tokens"] == stats["main_blocks"] * 64 + stats["main_dropped_tail_tokens"]
     np.testing.assert_array_equal(results[1], results[2])
-    streamed = run_clm.StreamedBlocks(files, "train_file", "text", "utf-8", encoder, 64)
+    streamed = packing.StreamedBlocks(recipe)
     np.testing.assert_array_equal(np.array([row["input_ids"] for row in streamed]), results[1])
     # shuffled, and with the first 100 documents held out: the same tokens in another order
-    shuffled = run_clm.StreamedBlocks(files, "train_file", "text", "utf-8", encoder, 64, 100, 500, seed=1)
+    shuffled = packing.StreamedBlocks(recipe, 100, 500, seed=1)
     shuffled = np.array([row["input_ids"] for row in shuffled])
     assert 0 < len(results[1]) - len(shuffled) < 100 * 60 / 64
     assert not np.array_equal(shuffled[:10], results[1][:10])
@@ -244,7 +244,7 @@ def test_tokenized_cache_is_reused(demo_dir, tmp_path, monkeypatch, caplog):
         raise AssertionError("tokenized again")
 
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO):
-        patch.setattr(run_clm.DocumentEncoder, "__call__", no_tokenizing)
+        patch.setattr(packing.DocumentEncoder, "__call__", no_tokenizing)
         second = run_clm.main(argv)
     assert any("tokenization skipped" in r.getMessage() for r in caplog.records)
     assert second["eval_samples"] == first["eval_samples"] and second["eval_loss"] == pytest.approx(first["eval_loss"])

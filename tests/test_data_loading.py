@@ -1,4 +1,4 @@
-"""Unit tests for mechanics.py: finding data files, reading every format and encoding, splits, row cleaning."""
+"""Unit tests for data.py: finding data files, reading every format and encoding, splits, row cleaning."""
 
 import json
 import logging
@@ -10,19 +10,19 @@ import pytest
 from datasets import Dataset
 from transformers import TrainingArguments
 
-import mechanics
+import data
 from arguments import DataTrainingArguments
-from mechanics import (
+from data import (
     carve_validation_split,
     drop_invalid_rows,
     find_column,
     is_blank,
     load_data_files,
     load_raw_datasets,
-    plot_loss_curve,
     resolve_data_files,
     take_first,
 )
+from training import plot_loss_curve
 
 TEXTS = ["这家餐厅的菜很好吃", "物流太慢了，等了一个星期", "客服态度非常好"]
 LABELS = ["正面", "负面", "正面"]
@@ -249,7 +249,7 @@ def test_wrong_non_utf8_encoding_has_no_gbk_suggestion(tmp_path):
 
 
 def test_decode_error_after_the_checked_sample_is_still_explained(tmp_path, monkeypatch):
-    monkeypatch.setattr(mechanics, "ENCODING_SAMPLE_BYTES", 16)  # the sample check sees only ASCII
+    monkeypatch.setattr(data, "ENCODING_SAMPLE_BYTES", 16)  # the sample check sees only ASCII
     path = tmp_path / "late_gbk.csv"
     path.write_bytes(("text,label\n" + "abc,1\n" * 10 + "今天天气很好,1\n").encode("gbk"))
     with pytest.raises(ValueError, match=r"late_gbk\.csv' is not valid utf-8 .*pass --file_encoding gbk"):
@@ -399,11 +399,11 @@ def test_is_blank(value, blank):
 
 def test_drop_invalid_rows_keeps_good_rows_in_order(caplog):
     ds = Dataset.from_dict({"text": ["第一条", None, "", "第四条", "   ", "第六条"], "id": [0, 1, 2, 3, 4, 5]})
-    with caplog.at_level(logging.WARNING, logger="mechanics"):
+    with caplog.at_level(logging.WARNING, logger="data"):
         kept = drop_invalid_rows(ds, "train", ["text"], text_reason)
     assert list(kept["text"]) == ["第一条", "第四条", "第六条"]
     assert list(kept["id"]) == [0, 3, 5]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mechanics" and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "data" and r.levelno == logging.WARNING]
     assert warnings == ["Dropped 3 of 6 train rows: empty or missing text (row numbers from 0: 1, 2, 4)."]
 
 
@@ -425,10 +425,10 @@ def test_drop_invalid_rows_counts_each_reason_and_truncates_examples(caplog):
             return "empty or missing text"
         return "missing label" if is_blank(row["label"]) else None
 
-    with caplog.at_level(logging.WARNING, logger="mechanics"):
+    with caplog.at_level(logging.WARNING, logger="data"):
         kept = drop_invalid_rows(ds, "validation", ["text", "label"], reason)
     assert list(kept["text"]) == ["正常"]
-    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "mechanics")
+    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "data")
     assert warnings == [
         "Dropped 1 of 9 validation rows: missing label (row numbers from 0: 8).",
         "Dropped 7 of 9 validation rows: empty or missing text (row numbers from 0: 0, 1, 2, 3, 4 ...).",
@@ -437,9 +437,9 @@ def test_drop_invalid_rows_counts_each_reason_and_truncates_examples(caplog):
 
 def test_drop_invalid_rows_nothing_to_drop_returns_the_dataset(caplog):
     ds = Dataset.from_dict({"text": TEXTS})
-    with caplog.at_level(logging.WARNING, logger="mechanics"):
+    with caplog.at_level(logging.WARNING, logger="data"):
         assert drop_invalid_rows(ds, "train", ["text"], text_reason) is ds
-    assert not [r for r in caplog.records if r.name == "mechanics"]
+    assert not [r for r in caplog.records if r.name == "data"]
 
 
 def test_drop_invalid_rows_all_invalid():

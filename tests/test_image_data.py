@@ -1,4 +1,4 @@
-"""The shared image code (mechanics.py, collators.py): checks before training, RGB conversion, caching, data files."""
+"""The shared image code (images.py, collators.py): checks before training, RGB conversion, caching, data files."""
 
 import csv
 import json
@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mechanics
+import images
 from arguments import DataTrainingArguments, ImageDataArguments, image_data_problems
 from collators import ImageTextCollator
-from mechanics import check_images, image_problem, image_target_size, load_image_text_datasets, open_image, to_rgb
+from images import (
+    check_image_rows,
+    check_images,
+    image_problem,
+    image_target_size,
+    load_image_text_rows,
+    open_image,
+    to_rgb,
+)
 
 
 def photo(size=(120, 90), seed=0) -> Image.Image:
@@ -111,8 +119,8 @@ def test_check_is_parallel_cached_and_rechecks_changed_files(image_dir, tmp_path
     assert problems["empty.jpg"] == "empty file (0 bytes)"
 
     decoded = []
-    original = mechanics.image_problem
-    monkeypatch.setattr(mechanics, "image_problem", lambda p, t=None: decoded.append(Path(p).name) or original(p, t))
+    original = images.image_problem
+    monkeypatch.setattr(images, "image_problem", lambda p, t=None: decoded.append(Path(p).name) or original(p, t))
     again = check_images(paths, check_cache_dir=tmp_path / "checks", num_workers=2)
     assert again == first
     assert decoded == ["missing.jpg"]  # a missing file has nothing to cache; every other result came from the cache
@@ -135,7 +143,7 @@ def test_image_cache_dir_stores_copies_at_model_resolution(tmp_path, monkeypatch
         assert image.size == (85, 64)  # shorter side at the model's resolution, aspect ratio kept
     with Image.open(small) as image:
         assert image.size == (100, 50)  # never enlarged
-    monkeypatch.setattr(mechanics, "image_problem", lambda *a: pytest.fail("a cached image was decoded again"))
+    monkeypatch.setattr(images, "image_problem", lambda *a: pytest.fail("a cached image was decoded again"))
     assert check_images(paths, target_size=64, image_cache_dir=str(tmp_path / "cache")) == results
 
 
@@ -160,9 +168,9 @@ def load(tmp_path, train, validation=None, test=None, **image_kwargs):
     training_args = SimpleNamespace(
         output_dir=str(tmp_path / "out"), should_save=True, do_eval=True, eval_strategy="no", seed=0
     )
-    return load_image_text_datasets(
-        data_args, ImageDataArguments(**image_kwargs), training_args, 32, captions_optional=("test",)
-    )
+    image_args = ImageDataArguments(**image_kwargs)
+    pairs = load_image_text_rows(data_args, image_args, training_args, captions_optional=("test",))
+    return check_image_rows(pairs, image_args, training_args, 32)
 
 
 def test_image_text_data_skips_broken_images_and_reports_them(image_dir, tmp_path, caplog):

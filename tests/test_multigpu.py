@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import mechanics
-from arguments import DEFAULT_DDP_TIMEOUT, free_port, launch_flags, parse_args
+import training
+from launch import fill_deepspeed_hidden_size, free_port, launch_flags, refuse_data_parallel
+from parsing import DEFAULT_DDP_TIMEOUT, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -66,7 +67,7 @@ def resolved_zero3(model_config, fill: bool) -> dict:
         model = SimpleNamespace(config=model_config)
         if fill:
             plugin = SimpleNamespace(hf_ds_config=ds_config)
-            mechanics.fill_deepspeed_hidden_size(
+            fill_deepspeed_hidden_size(
                 SimpleNamespace(
                     accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)), model=model
                 )
@@ -129,21 +130,21 @@ def test_one_process_on_several_gpus_is_refused_with_the_torchrun_command(four_g
     with pytest.raises(
         ValueError, match="torchrun --nproc_per_node 4 run_clm.py examples/clm_demo.json --max_steps 10"
     ):
-        mechanics.setup_run(args)  # the check every script gets, before any data is read
+        training.setup_run([args])  # the check every script gets, before any data is read
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES=0 python run_clm.py"):
-        mechanics.refuse_data_parallel(args)
+        refuse_data_parallel(args)
 
 
 def test_several_gpus_are_fine_with_a_launcher_model_parallel_or_deepspeed(four_gpus, monkeypatch):
     args = SimpleNamespace(use_cpu=False, deepspeed=None)
-    mechanics.refuse_data_parallel(args, model_parallel=True)  # run_seq2seq_ptuning.py --model_parallel_mode
-    mechanics.refuse_data_parallel(SimpleNamespace(use_cpu=False, deepspeed="ds_configs/zero2.json"))
-    mechanics.refuse_data_parallel(SimpleNamespace(use_cpu=True, deepspeed=None))
+    refuse_data_parallel(args, model_parallel=True)  # run_seq2seq_ptuning.py --model_parallel_mode
+    refuse_data_parallel(SimpleNamespace(use_cpu=False, deepspeed="ds_configs/zero2.json"))
+    refuse_data_parallel(SimpleNamespace(use_cpu=True, deepspeed=None))
     monkeypatch.setenv("WORLD_SIZE", "4")
-    mechanics.refuse_data_parallel(args)
+    refuse_data_parallel(args)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("WORLD_SIZE")
-    mechanics.refuse_data_parallel(args)
+    refuse_data_parallel(args)
 
 
 def test_dry_run_validates_prints_and_stops_before_the_data(demo_dir, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,286 @@
+"""Data files in: formats, globs and directories, encodings, streaming, splits, columns, dirty rows, sample limits.
+
+Every script reads its --train_file / --validation_file / --test_file through this module, so a new file
+format or a new check on rows is added here once. Nothing here knows about a task: a script says which
+columns it needs and why a row is unusable.
+"""
+
+import codecs
+import glob
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+# file suffix -> the `datasets` packaged builder that reads it
+DATA_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".txt": "text",
+    ".parquet": "parquet",
+}
+ENCODING_SAMPLE_BYTES = 1 << 20  # check the first MiB of each file before handing it to `datasets`
+SPLIT_ARGUMENTS = (("train", "train_file"), ("validation", "validation_file"), ("test", "test_file"))
+
+
+def resolve_data_files(spec: str | Sequence[str], arg_name: str, formats: dict = DATA_FORMATS) -> list[str]:
+    """Expand files, globs and directories into a sorted list of data files of one supported format."""
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    files = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            # hidden files and folders (.ipynb_checkpoints, .git) hold copies, not data
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in formats
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise ValueError(f"`--{arg_name}` directory '{entry}' holds no data file ({', '.join(formats)}).")
+            files += found
+        elif any(ch in entry for ch in "*?["):
+            found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not found:
+                raise ValueError(f"`--{arg_name}` pattern '{entry}' matches no file.")
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            parent = path.parent if str(path.parent) else Path(".")
+            listing = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+            hint = f" Files in '{parent}': {', '.join(listing)}." if listing else ""
+            raise ValueError(f"`--{arg_name}` file '{entry}' does not exist.{hint}")
+    suffixes = {Path(f).suffix.lower() for f in files}
+    unsupported = sorted(suffixes - set(formats))
+    if unsupported:
+        raise ValueError(
+            f"`--{arg_name}` has files of unsupported type {', '.join(unsupported)}; use one of {', '.join(formats)}."
+        )
+    if len({".json" if s == ".jsonl" else s for s in suffixes}) > 1:
+        raise ValueError(
+            f"`--{arg_name}` mixes file types ({', '.join(sorted(suffixes))}); give each split files of one type."
+        )
+    return files
+
+
+def check_encoding(files: list[str], encoding: str, arg_name: str) -> None:
+    """Fail with the fix when a file does not decode, instead of a traceback deep inside `datasets`."""
+    for file in files:
+        if Path(file).suffix.lower() == ".parquet":
+            continue
+        with open(file, "rb") as f:
+            sample = f.read(ENCODING_SAMPLE_BYTES)
+        try:
+            # final=False: a sample cut inside a multi-byte character is not an error
+            codecs.getincrementaldecoder(encoding)().decode(sample, final=len(sample) < ENCODING_SAMPLE_BYTES)
+        except UnicodeDecodeError as exc:
+            raise ValueError(encoding_error_message(file, encoding, arg_name, exc)) from None
+
+
+def encoding_error_message(file: str, encoding: str, arg_name: str, exc: UnicodeDecodeError) -> str:
+    """The message for a file that is not in the expected encoding."""
+    if encoding.lower().replace("-", "") == "utf8sig":
+        encoding = "utf-8"  # what the user asked for; -sig is only how we read it
+    suggestion = "--file_encoding gbk" if encoding.lower().replace("-", "") == "utf8" else ""
+    fix = (
+        f"If it is GBK/GB18030 (common for files saved by Excel or Windows tools in China), pass {suggestion}, "
+        "or convert it: iconv -f gbk -t utf-8 in.csv > out.csv."
+        if suggestion
+        else "Pass the right --file_encoding, or convert the file to UTF-8."
+    )
+    return (
+        f"`--{arg_name}` file '{file}' is not valid {encoding} "
+        f"(byte 0x{exc.object[exc.start]:02x} at position {exc.start}). {fix}"
+    )
+
+
+def reader_settings(files: list[str], encoding: str) -> tuple[str, dict]:
+    """The `datasets` builder for these files and its keyword arguments (encoding, TSV without quoting)."""
+    suffix = Path(files[0]).suffix.lower()
+    builder = DATA_FORMATS[suffix]
+    kwargs = {} if builder == "parquet" else {"encoding": encoding}
+    if suffix == ".tsv":
+        # plain TSV has no quoting: a quote character inside a text is just a character
+        kwargs.update(sep="\t", quoting=3)
+    return builder, kwargs
+
+
+def reading_encoding(encoding: str) -> str:
+    """utf-8-sig for UTF-8: it decodes plain UTF-8 too, and strips the BOM Windows tools put before the header."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+def read_error(exc: Exception, files: list[str], arg_name: str, encoding: str) -> ValueError:
+    """A ValueError naming the files and the fix, for a failure of `datasets` while reading them."""
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the real cause
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        return ValueError(encoding_error_message(files[0], encoding, arg_name, cause))
+    shown = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
+    return ValueError(
+        f"Could not read `--{arg_name}` ({shown}): {type(cause).__name__}: {cause}. Check that every file of this "
+        f"split is well-formed {Path(files[0]).suffix.lower()} with the same columns."
+    )
+
+
+def load_data_files(files: list[str], arg_name: str, encoding: str = "utf-8", cache_dir: str | None = None) -> Dataset:
+    """Read files of one format into a Dataset; UTF-8 with or without a BOM, or the given encoding."""
+    encoding = reading_encoding(encoding)
+    check_encoding(files, encoding, arg_name)
+    builder, kwargs = reader_settings(files, encoding)
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs)
+    except Exception as exc:
+        raise read_error(exc, files, arg_name, encoding) from exc
+
+
+def open_data_stream(files: list[str], arg_name: str, encoding: str = "utf-8") -> datasets.IterableDataset:
+    """The rows of the files as a lazily read stream (nothing is converted or copied to disk).
+
+    Reading errors surface while iterating: wrap the loop in `except Exception` and raise `read_error`.
+    """
+    encoding = reading_encoding(encoding)
+    check_encoding(files, encoding, arg_name)
+    builder, kwargs = reader_settings(files, encoding)
+    return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
+
+
+def wants_evaluation(training_args) -> bool:
+    """--do_eval, or an evaluation strategy that evaluates while training."""
+    return training_args.do_eval or str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+
+
+def load_raw_datasets(data_args, training_args, cache_dir: str | None = None) -> DatasetDict:
+    """Load the train / validation / test files that were given, carving validation from train if needed."""
+    raw = DatasetDict()
+    for split, arg_name in SPLIT_ARGUMENTS:
+        spec = getattr(data_args, arg_name)
+        if spec:
+            files = resolve_data_files(spec, arg_name)
+            raw[split] = load_data_files(files, arg_name, data_args.file_encoding, cache_dir)
+            logger.info("Loaded %d %s rows from %d file(s): %s", len(raw[split]), split, len(files), files[:3])
+    if (
+        wants_evaluation(training_args)
+        and "validation" not in raw
+        and "train" in raw
+        and data_args.validation_split_percentage > 0
+    ):
+        raw["train"], raw["validation"] = carve_validation_split(
+            raw["train"], data_args.validation_split_percentage, training_args.seed
+        )
+    return raw
+
+
+def carve_validation_split(train: Dataset, percentage: int, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out `percentage`% of the training rows for evaluation; the two parts never share a row."""
+    n_validation = max(1, round(len(train) * percentage / 100))
+    if n_validation >= len(train):
+        raise ValueError(
+            f"Cannot hold out {percentage}% of {len(train)} training row(s) for evaluation and still train: "
+            "pass --validation_file or a smaller --validation_split_percentage."
+        )
+    parts = train.train_test_split(test_size=n_validation, seed=seed, shuffle=True)
+    logger.info(
+        "No --validation_file: holding out %d of %d training rows (%d%%) for evaluation.",
+        n_validation,
+        len(train),
+        percentage,
+    )
+    return parts["train"], parts["test"]
+
+
+def find_column(dataset: Dataset, wanted: str | None, arg_name: str, candidates: Sequence[str], split: str) -> str:
+    """Return the column the user named, or the first of `candidates` present; a clear error otherwise."""
+    columns = dataset.column_names
+    if wanted is not None:
+        if wanted in columns:
+            return wanted
+        raise ValueError(
+            f"`--{arg_name}` '{wanted}' is not a column of the {split} data; columns are: {', '.join(columns)}."
+        )
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ValueError(
+        f"Could not find the {split} data's column for `--{arg_name}` (looked for {', '.join(candidates)}); "
+        f"columns are: {', '.join(columns)}. Pass --{arg_name} <column>."
+    )
+
+
+def is_blank(value) -> bool:
+    """Missing or empty, as read from csv (None / NaN) or json (null / '').
+
+    >>> [is_blank(v) for v in (None, float("nan"), "  ", "文本", 0)]
+    [True, True, True, False, False]
+    """
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, str):
+        return not value.strip()
+    return False
+
+
+def drop_invalid_rows(
+    dataset: Dataset, split: str, columns: Sequence[str], reason_of: Callable[[dict], str | None]
+) -> Dataset:
+    """Drop rows for which `reason_of(row)` names a problem; log how many were dropped for each reason."""
+    keep, reasons, examples = [], Counter(), {}
+    index = 0
+    for batch in dataset.select_columns(list(columns)).iter(batch_size=10_000):
+        for values in zip(*(batch[c] for c in columns)):
+            reason = reason_of(dict(zip(columns, values)))
+            if reason is None:
+                keep.append(index)
+            else:
+                reasons[reason] += 1
+                examples.setdefault(reason, []).append(index)
+            index += 1
+    for reason, count in reasons.items():
+        rows = ", ".join(str(i) for i in examples[reason][:5])
+        logger.warning(
+            "Dropped %d of %d %s rows: %s (row numbers from 0: %s%s).",
+            count,
+            len(dataset),
+            split,
+            reason,
+            rows,
+            " ..." if count > 5 else "",
+        )
+    if not keep:
+        raise ValueError(f"No usable row left in the {split} data: every row was dropped ({dict(reasons)}).")
+    return dataset.select(keep) if reasons else dataset
+
+
+def take_first(dataset: Dataset, max_samples: int | None) -> Dataset:
+    """The first `max_samples` rows (all of them when None)."""
+    return dataset if max_samples is None else dataset.select(range(min(max_samples, len(dataset))))
+
+
+def sample_limits(data_args) -> dict[str, int | None]:
+    """--max_train_samples / --max_eval_samples / --max_predict_samples by split."""
+    return {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples,
+    }
+
+
+def limit_samples(raw: DatasetDict, data_args) -> None:
+    """Apply --max_train_samples / --max_eval_samples / --max_predict_samples to the splits present."""
+    for split, limit in sample_limits(data_args).items():
+        if split in raw:
+            raw[split] = take_first(raw[split], limit)
