@@ -199,6 +199,7 @@ def test_wrong_kinds_of_models_are_named(demo_dir, tmp_path):
 # ---- overfitting: 8 images, 8 captions, reproduced exactly ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
     import csv
 
@@ -241,6 +242,7 @@ def demo_run(demo_dir, tmp_path_factory):
     return cap.main(to_argv(args)), output_dir
 
 
+@pytest.mark.slow
 def test_untrained_model_scores_low_and_training_raises_every_metric(demo_run, demo_dir, tmp_path):
     results, _ = demo_run
     untrained = cap.main(to_argv(base_args(demo_dir, tmp_path, do_eval=True, max_eval_samples=60)))
@@ -251,6 +253,7 @@ def test_untrained_model_scores_low_and_training_raises_every_metric(demo_run, d
     assert results["eval_samples"] == 30
 
 
+@pytest.mark.slow
 def test_colour_is_named_correctly(demo_run):
     from run_demo import caption_color_accuracy
 
@@ -258,6 +261,7 @@ def test_colour_is_named_correctly(demo_run):
     assert caption_color_accuracy(output_dir / "generated_predictions.jsonl") >= 0.9
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -279,6 +283,7 @@ def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     assert all(set(line) == {"image_path", "predict", "references"} and len(line["references"]) == 2 for line in lines)
 
 
+@pytest.mark.slow
 def test_broken_images_are_skipped_and_listed(demo_run):
     _, output_dir = demo_run
     listed = (output_dir / "skipped_images.txt").read_text(encoding="utf-8")
@@ -286,6 +291,7 @@ def test_broken_images_are_skipped_and_listed(demo_run):
         assert name in listed
 
 
+@pytest.mark.slow
 def test_continue_from_the_saved_checkpoint(demo_run, demo_dir, tmp_path):
     """--model_name_or_path takes the saved VisionEncoderDecoder: same scores when evaluated again."""
     results, output_dir = demo_run
@@ -338,6 +344,7 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
     assert (tmp_path / "ddp" / "generated_predictions.jsonl").read_text(encoding="utf-8") == single
 
 
+@pytest.mark.slow
 def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(demo_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
 

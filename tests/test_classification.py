@@ -52,6 +52,7 @@ def sentiment_run(demo_dir, tmp_path_factory):
     return run_classification.main(argv), output_dir
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_sentiment(sentiment_run):
     results, output_dir = sentiment_run
     # 3% of the labels are flipped on purpose, so ~0.97 is the ceiling; chance is 0.5
@@ -66,6 +67,7 @@ def test_tiny_model_learns_sentiment(sentiment_run):
     assert (output_dir / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_outputs_reload_through_pipeline_with_label_names(sentiment_run):
     from transformers import pipeline
 
@@ -87,6 +89,7 @@ def test_outputs_reload_through_pipeline_with_label_names(sentiment_run):
     )
 
 
+@pytest.mark.slow
 def test_report_and_confusion_matrix(sentiment_run):
     _, output_dir = sentiment_run
     report = json.loads((output_dir / "eval_report.json").read_text(encoding="utf-8"))
@@ -97,6 +100,7 @@ def test_report_and_confusion_matrix(sentiment_run):
     assert (output_dir / "eval_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_eval_only_and_predict_without_labels(sentiment_run, demo_dir, tmp_path):
     results, model_dir = sentiment_run
     data = demo_dir / "data" / "sentiment"
@@ -116,6 +120,7 @@ def test_eval_only_and_predict_without_labels(sentiment_run, demo_dir, tmp_path)
     assert "predict_accuracy" not in again
 
 
+@pytest.mark.slow
 def test_multi_label_from_json_lists(demo_dir, tmp_path):
     data = demo_dir / "data" / "multilabel"
     argv = common_args(
@@ -147,6 +152,7 @@ def test_multi_label_from_json_lists(demo_dir, tmp_path):
     assert counts["tp"] + counts["fn"] == report["per_class"]["物流"]["support"]
 
 
+@pytest.mark.slow
 def test_multi_label_from_delimited_strings(demo_dir, tmp_path):
     data = demo_dir / "data" / "multilabel"
     argv = common_args(
@@ -167,6 +173,7 @@ def test_multi_label_from_delimited_strings(demo_dir, tmp_path):
     assert sorted(config["label2id"]) == sorted(["价格", "质量", "物流", "服务", "外观"])
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_result(demo_dir, tmp_path):
     """Stopping after checkpoint-6 and resuming must end where an uninterrupted run ends."""
     data = demo_dir / "data" / "sentiment"
@@ -224,6 +231,7 @@ def test_unseen_eval_label_names_value_and_row(demo_dir, tmp_path):
         run_classification.main(argv)
 
 
+@pytest.mark.slow
 def test_dirty_rows_are_dropped_and_counted(demo_dir, tmp_path, caplog):
     rows = [*SMALL_TRAIN, ("", "正面"), ("   ", "负面"), ("没有标签的一行", ""), ("好评", "正面")]
     train = write_csv(tmp_path / "train.csv", rows)
@@ -241,6 +249,7 @@ def test_dirty_rows_are_dropped_and_counted(demo_dir, tmp_path, caplog):
     assert any("Leak: 4 of 4 validation texts also occur in the training data" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_gbk_file_error_and_file_encoding(demo_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", SMALL_TRAIN, encoding="gbk")
     argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=None, max_steps=1, do_train=True)

@@ -137,6 +137,7 @@ def chinese_clip_run(demo_dir, tmp_path_factory):
     return run_clip.main(argv), output_dir
 
 
+@pytest.mark.slow
 def test_chinese_clip_learns_retrieval(chinese_clip_run):
     results, output_dir = chinese_clip_run
     # 100 validation images with distinct captions: chance is R@5 = 0.05
@@ -151,6 +152,7 @@ def test_chinese_clip_learns_retrieval(chinese_clip_run):
         assert name in report
 
 
+@pytest.mark.slow
 def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
     from transformers import AutoModel, AutoProcessor
 
@@ -189,6 +191,7 @@ def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
     assert again["eval_mean_recall"] == pytest.approx(results["eval_mean_recall"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_dual_encoder_from_bert_and_vit_learns_and_reloads(demo_dir, tmp_path):
     from transformers import AutoModel, AutoProcessor
 
@@ -213,6 +216,7 @@ def test_dual_encoder_from_bert_and_vit_learns_and_reloads(demo_dir, tmp_path):
     assert again["eval_mean_recall"] == pytest.approx(results["eval_mean_recall"], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", ["vision", "text"])
 def test_freeze_flags_keep_weights_bit_identical(demo_dir, tmp_path, frozen):
     model_dir = demo_dir / "models" / "chinese-clip-tiny"

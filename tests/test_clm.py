@@ -140,6 +140,7 @@ def test_sample_text_loses_tokenizer_spaces():
     assert strip_tokenizer_spaces("用 GPT 2 写 hello world") == "用GPT 2写hello world"
 
 
+@pytest.mark.slow
 def test_workers_and_streaming_give_the_same_blocks_as_one_process(demo_dir, char_tokenizer, tmp_path):
     """Packing is deterministic: 2 worker processes, and the streaming packer, reproduce the 1-process blocks."""
     files = [str(demo_dir / "data" / "clm" / "train.txt")]
@@ -208,6 +209,7 @@ def test_corpus_smaller_than_one_block_is_a_clear_error(demo_dir, tmp_path):
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gpt2_from_scratch_learns_and_stops(demo_dir, tmp_path):
     prompts = ["西红柿炒鸡蛋的做法：", "星期六，我和"]
     results = run_clm.main(
@@ -228,6 +230,7 @@ def test_gpt2_from_scratch_learns_and_stops(demo_dir, tmp_path):
     assert "[eos]" in samples  # the model learned to end a document
 
 
+@pytest.mark.slow
 def test_tokenized_cache_is_reused(demo_dir, tmp_path, monkeypatch, caplog):
     """A second run with the same inputs reads the cache and never calls the tokenizer; an edited file rebuilds."""
     corpus = tmp_path / "corpus.csv"  # zero_nlp's format: a `content` column, found without --text_column
@@ -256,6 +259,7 @@ def test_tokenized_cache_is_reused(demo_dir, tmp_path, monkeypatch, caplog):
     assert any("Tokenized --train_file" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_streaming_run_holds_out_documents(demo_dir, tmp_path):
     results = run_clm.main(
         clm_args(
@@ -273,6 +277,7 @@ def test_streaming_run_holds_out_documents(demo_dir, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.slow
 def test_qwen2_continued_pretraining(demo_dir, tmp_path):
     model_dir = demo_dir / "models" / "qwen2-tiny-zh"
     before = AutoTokenizer.from_pretrained(model_dir)
@@ -295,6 +300,7 @@ def test_qwen2_continued_pretraining(demo_dir, tmp_path):
     assert (tmp_path / "generated_samples.txt").is_file()
 
 
+@pytest.mark.slow
 def test_lora_adapter_reloads_with_peft(demo_dir, tmp_path):
     import torch
     from peft import PeftModel

@@ -186,6 +186,7 @@ def lm_base(demo_dir, tmp_path_factory):
     return output_dir
 
 
+@pytest.mark.slow
 def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate")
     after = run(
@@ -211,6 +212,7 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     assert rescored["rouge-l"] == pytest.approx(after["predict_rouge-l"], abs=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ptuning", "lora"])
 def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, demo_dir, tmp_path):
     from safetensors import safe_open
@@ -270,6 +272,7 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
         ).read_text("utf-8")
 
 
+@pytest.mark.slow
 def test_encoder_decoder_learns(demo_dir, tmp_path):
     before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate", model="t5-tiny-zh")
     after = run(
@@ -280,6 +283,7 @@ def test_encoder_decoder_learns(demo_dir, tmp_path):
     assert after["eval_rouge-l"] > before["eval_rouge-l"] + 20
 
 
+@pytest.mark.slow
 def test_multi_turn_history_and_truncation_counts(demo_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         results = run(
@@ -290,6 +294,7 @@ def test_multi_turn_history_and_truncation_counts(demo_dir, tmp_path, caplog):
     assert any("turns dropped" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_seed_argument_file_from_chatglm_runs(demo_dir, tmp_path, caplog):
     """The walkthrough's ptuning args: lora_r, model_parallel_mode, a duplicated output_dir, overwrite_output_dir."""
     data = demo_dir / "data" / "adgen"
