@@ -546,15 +546,3 @@ def test_resume_path_that_exists(tmp_path, train_csv):
     checkpoint = tmp_path / "旧运行" / "checkpoint-12"
     checkpoint.mkdir(parents=True)
     assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint=str(checkpoint)) == []
-
-
-def test_parse_args_doctest():
-    import doctest
-
-    import parsing
-
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(parsing.parse_args, globs=dict(vars(parsing))):
-        runner.run(test)
-    result = runner.summarize(verbose=False)
-    assert (result.attempted, result.failed) == (3, 0)

@@ -1,6 +1,5 @@
 """run_image_captioning.py: labels with literal ids, caption metrics by hand, overfitting, end to end on demo data."""
 
-import doctest
 import json
 import math
 import shutil
@@ -10,7 +9,6 @@ import torch
 from helpers import to_argv
 
 import collators
-import metrics
 import run_image_captioning as cap
 from metrics import caption_metrics, cider_d
 
@@ -70,20 +68,6 @@ def test_special_tokens_bert_vocabulary_and_gpt2_with_only_eos(demo_dir, tmp_pat
     size = len(gpt2)
     assert cap.set_special_tokens(gpt2) == 1
     assert gpt2.pad_token_id == size and gpt2.pad_token_id != gpt2.eos_token_id
-
-
-def test_doctests():
-    import run_demo
-
-    checked = ((cap, ("caption_labels", "split_references")), (metrics, ("caption_characters",)))
-    for module, names in (*checked, (run_demo, ("caption_colors",))):
-        for name in names:
-            for test in doctest.DocTestFinder().find(getattr(module, name), globs=dict(vars(module))):
-                assert doctest.DocTestRunner().run(test).failed == 0
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(collators.ImageCaptionCollator, globs=dict(vars(collators))):
-        runner.run(test)
-    assert runner.summarize(verbose=False).attempted == 1 and runner.summarize(verbose=False).failed == 0
 
 
 # ---- metrics on hand-computed examples ---------------------------------------------------------------------------
