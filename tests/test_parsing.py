@@ -1,4 +1,4 @@
-"""Unit tests for arguments.py: parse_args (CLI / file / dict, transformers-4 keys) and common_problems."""
+"""Unit tests for parsing.py: parse_args from the command line, an argument file or a dict; transformers-4 keys."""
 
 import json
 import logging
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 from transformers import TrainingArguments
 
-from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
-from parsing import parse_args, read_argument_file
+from arguments import DataTrainingArguments, ModelArguments
+from parsing import DEFAULT_DDP_TIMEOUT, parse_args, read_argument_file
 
 SHARED = [ModelArguments, DataTrainingArguments, TrainingArguments]
 
@@ -433,116 +433,10 @@ def test_v4_conflict_and_unknown_key_reported_together():
     assert "`lerning_rate`" in message
 
 
-# --------------------------------------------------------------------------------------------- common_problems
+def test_ddp_timeout_defaults_to_three_hours():
+    import run_clm
 
-
-def problems_of(tmp_path, **values) -> list[str]:
-    values.setdefault("output_dir", str(tmp_path / "out"))
-    return common_problems(*parse_args(SHARED, values))
-
-
-@pytest.fixture
-def train_csv(tmp_path):
-    path = tmp_path / "训练.csv"
-    path.write_text("text,label\n这部电影很好看,正面\n", encoding="utf-8")
-    return str(path)
-
-
-def test_valid_arguments_have_no_problem(tmp_path, train_csv):
-    assert problems_of(tmp_path, do_train=True, do_eval=True, train_file=train_csv) == []
-    raise_if_problems([])  # nothing raised
-
-
-def test_several_problems_in_one_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    problems = problems_of(tmp_path, do_train=True, file_encoding="gbk2312", model_name_or_path="./nope")
-    assert problems == [
-        "--do_train needs --train_file.",
-        "--file_encoding 'gbk2312' is not a known encoding (try utf-8, gbk).",
-        "--model_name_or_path './nope' does not exist.",
-    ]
-    with pytest.raises(ValueError) as excinfo:
-        raise_if_problems(problems)
-    assert str(excinfo.value) == (
-        "Invalid arguments:\n"
-        "  - --do_train needs --train_file.\n"
-        "  - --file_encoding 'gbk2312' is not a known encoding (try utf-8, gbk).\n"
-        "  - --model_name_or_path './nope' does not exist."
-    )
-
-
-def test_hub_model_id_is_not_checked_on_disk(tmp_path, train_csv):
-    assert problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="bert-base-chinese") == []
-
-
-def test_nothing_to_do(tmp_path):
-    assert problems_of(tmp_path) == ["Nothing to do: pass at least one of --do_train, --do_eval, --do_predict."]
-
-
-def test_eval_and_predict_without_files(tmp_path):
-    assert problems_of(tmp_path, do_eval=True, do_predict=True) == [
-        "--do_eval needs --validation_file (or --train_file to hold part of it out).",
-        "--do_predict needs --test_file.",
-    ]
-
-
-def test_eval_carved_from_train_needs_a_percentage(tmp_path, train_csv):
-    problems = problems_of(tmp_path, do_eval=True, train_file=train_csv, validation_split_percentage=0)
-    assert problems == ["--do_eval without --validation_file needs --validation_split_percentage > 0 (got 0)."]
-
-
-@pytest.mark.parametrize("percentage", [-1, 100, 150])
-def test_validation_split_percentage_out_of_range(tmp_path, train_csv, percentage):
-    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, validation_split_percentage=percentage)
-    assert f"--validation_split_percentage must be in [0, 100), got {percentage}." in problems
-
-
-def test_sample_limits_below_one(tmp_path, train_csv):
-    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, max_train_samples=0, max_eval_samples=-3)
-    assert problems == [
-        "--max_train_samples must be at least 1, got 0.",
-        "--max_eval_samples must be at least 1, got -3.",
-    ]
-
-
-def test_train_glob_matching_nothing(tmp_path):
-    pattern = str(tmp_path / "数据" / "*.csv")
-    assert problems_of(tmp_path, do_train=True, train_file=pattern) == [
-        f"`--train_file` pattern '{pattern}' matches no file."
-    ]
-
-
-def test_resume_true_without_checkpoint(tmp_path, train_csv):
-    (tmp_path / "out").mkdir()
-    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="True")
-    assert len(problems) == 1
-    assert problems[0].startswith(
-        f"--resume_from_checkpoint True, but output_dir '{tmp_path / 'out'}' has no checkpoint-*"
-    )
-
-
-def test_resume_true_with_missing_output_dir(tmp_path, train_csv):
-    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="true")
-    assert len(problems) == 1
-    assert "has no checkpoint-* folder to resume from" in problems[0]
-
-
-def test_resume_true_with_a_checkpoint(tmp_path, train_csv):
-    (tmp_path / "out" / "checkpoint-500").mkdir(parents=True)
-    assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="True") == []
-
-
-def test_resume_false_is_no_problem(tmp_path, train_csv):
-    assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="False") == []
-
-
-def test_resume_path_that_does_not_exist(tmp_path, train_csv):
-    missing = str(tmp_path / "out" / "checkpoint-12")
-    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint=missing)
-    assert problems == [f"--resume_from_checkpoint '{missing}' is not a directory."]
-
-
-def test_resume_path_that_exists(tmp_path, train_csv):
-    checkpoint = tmp_path / "旧运行" / "checkpoint-12"
-    checkpoint.mkdir(parents=True)
-    assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint=str(checkpoint)) == []
+    base = {"model_type": "gpt2", "tokenizer_name": "t", "train_file": "x.txt", "do_train": True, "output_dir": "o"}
+    assert parse_args(run_clm.ARGUMENT_CLASSES, base)[-1].ddp_timeout == DEFAULT_DDP_TIMEOUT == 10800
+    assert parse_args(run_clm.ARGUMENT_CLASSES, {**base, "ddp_timeout": 600})[-1].ddp_timeout == 600
+    assert parse_args(run_clm.ARGUMENT_CLASSES, ["--ddp_timeout", "60", *["--output_dir", "o"]])[-1].ddp_timeout == 60
