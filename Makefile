@@ -1,6 +1,7 @@
 # make install   virtual environment + torch (tested version, installed first) + requirements
 # make demo      generate demo data and tiny models, run every task, print one results table
 # make test      lint + the whole test-suite (what CI runs)
+# make test-fast lint + the unit tier and the doctests (under a minute)
 # make style     format and auto-fix;  make quality  check only
 
 VENV ?= .venv
@@ -10,7 +11,7 @@ DEEPSPEED_VERSION ?= 0.19.8
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev demo test style quality clean
+.PHONY: install install-dev demo test test-fast style quality clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +42,9 @@ demo: install
 
 test: install-dev quality
 	$(PY) -m pytest
+
+test-fast: install-dev quality
+	$(PY) -m pytest -m unit
 
 style: install-dev
 	$(PY) -m ruff format .

@@ -44,6 +44,18 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def char_tokenizer(demo_dir):
+    """The demo's BERT-style character tokenizer with the special tokens run_clm adds from scratch."""
+    from transformers import AutoTokenizer
+
+    import run_clm
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer-clm")
+    run_clm.add_missing_special_tokens(tokenizer, from_scratch=True)
+    return tokenizer
+
+
 @pytest.fixture
 def one_process_world(monkeypatch):
     """Parse a --deepspeed config in this process as a world of one (dry run: no DeepSpeed process group).

@@ -1,18 +1,13 @@
-"""run_image_captioning.py: labels with literal ids, caption metrics by hand, overfitting, end to end on demo data."""
+"""run_image_captioning.py: labels with literal ids, special tokens, overfitting, end to end on demo data."""
 
-import doctest
 import json
-import math
 import shutil
 
 import pytest
 import torch
 from helpers import to_argv
 
-import collators
-import metrics
 import run_image_captioning as cap
-from metrics import caption_metrics, cider_d
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,7 +19,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# ---- labels: eos appended, cut at max_target_length, padded with -100 ------------------------------------------
+# ---- labels: eos appended, cut at max_target_length; special tokens ------------------------------------------------
 
 
 def test_caption_labels_keep_eos_when_cut():
@@ -36,23 +31,6 @@ def test_caption_labels_keep_eos_when_cut():
 def test_references_round_trip():
     assert cap.split_references([11, 12, 2, 13, 2, -100, -100], eos_token_id=2) == [[11, 12], [13]]
     assert cap.split_references([11, 2], eos_token_id=2) == [[11]]
-
-
-def test_collator_pads_labels_with_minus_100(demo_dir):
-    image_processor = cap.load_image_processor(str(demo_dir / "models" / "vit-tiny"), "x", {})
-    collate = collators.ImageCaptionCollator(image_processor, target_size=32)
-    image = str(demo_dir / "data" / "shapes" / "images" / "test_0000.jpg")
-    batch = collate(
-        [
-            {"image_file": image, "labels": [11, 12, 2], "reference_ids": [11, 12, 2, 13, 2]},
-            {"image_file": image, "labels": [13, 2], "reference_ids": [14, 2]},
-        ]
-    )
-    assert batch["labels"].tolist() == [[11, 12, 2], [13, 2, -100]]
-    assert batch["reference_ids"].tolist() == [[11, 12, 2, 13, 2], [14, 2, -100, -100, -100]]
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
-    # a prediction-only batch (test file without captions) has no labels at all
-    assert set(collate([{"image_file": image}])) == {"pixel_values"}
 
 
 def test_special_tokens_bert_vocabulary_and_gpt2_with_only_eos(demo_dir, tmp_path):
@@ -72,77 +50,7 @@ def test_special_tokens_bert_vocabulary_and_gpt2_with_only_eos(demo_dir, tmp_pat
     assert gpt2.pad_token_id == size and gpt2.pad_token_id != gpt2.eos_token_id
 
 
-def test_doctests():
-    import run_demo
-
-    checked = ((cap, ("caption_labels", "split_references")), (metrics, ("caption_characters",)))
-    for module, names in (*checked, (run_demo, ("caption_colors",))):
-        for name in names:
-            for test in doctest.DocTestFinder().find(getattr(module, name), globs=dict(vars(module))):
-                assert doctest.DocTestRunner().run(test).failed == 0
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(collators.ImageCaptionCollator, globs=dict(vars(collators))):
-        runner.run(test)
-    assert runner.summarize(verbose=False).attempted == 1 and runner.summarize(verbose=False).failed == 0
-
-
-# ---- metrics on hand-computed examples ---------------------------------------------------------------------------
-
-
-def test_bleu4_is_corpus_level_on_characters():
-    # 红色圆形 vs itself: 4/4 unigrams, 3/3 bigrams, 2/2 trigrams, 1/1 4-grams match
-    # 红色方形 vs 红色圆形: 3/4 (红 色 形), 1/3 (红色), 0/2, 0/1
-    # corpus: p1 = 7/8, p2 = 4/6, p3 = 2/4, p4 = 1/2; same lengths -> no brevity penalty
-    expected = 100 * (7 / 8 * 4 / 6 * 2 / 4 * 1 / 2) ** 0.25
-    result = caption_metrics(["红色圆形", "红 色 方 形"], [["红色圆形"], ["红色圆形"]])
-    assert result["bleu-4"] == pytest.approx(expected, abs=1e-3)
-    # the best-matching reference clips the counts: 红色方形 is exact against its second reference
-    assert caption_metrics(["红色方形"], [["红色圆形", "红色方形"]])["bleu-4"] == 100.0
-    # alone, 红色方形 has no matching trigram: unsmoothed corpus BLEU is 0
-    assert caption_metrics(["红色方形"], [["红色圆形"]])["bleu-4"] == 0.0
-
-
-def test_rouge_l_takes_the_best_reference():
-    # 红色圆 vs 红色的圆形: LCS 红色圆 = 3, P = 3/3, R = 3/5 -> F1 = 0.75
-    assert caption_metrics(["红色圆"], [["红色的圆形"]])["rouge-l"] == 75.0
-    # a second, worse reference does not lower it; a better one raises it
-    assert caption_metrics(["红色圆"], [["蓝方", "红色的圆形"]])["rouge-l"] == 75.0
-    assert caption_metrics(["红色圆"], [["红色的圆形", "红色圆"]])["rouge-l"] == 100.0
-
-
-def test_cider_d_by_hand():
-    # two images, N = 2: every n-gram here occurs in the references of one image -> weight tf * (ln 2 - ln 1)
-    # image A: 红圆 vs 红圆: cosine 1 for n = 1, 2; no 3/4-grams -> (1 + 1 + 0 + 0) / 4 * 10 = 5
-    # image B: 蓝圆 vs 蓝方: unigrams share 蓝 -> ln2^2 / (sqrt(2) ln2)^2 = 0.5; bigrams 0 -> 0.5 / 4 * 10 = 1.25
-    assert cider_d(["红圆", "蓝圆"], [["红圆"], ["蓝方"]]) == pytest.approx([5.0, 1.25])
-    assert caption_metrics(["红圆", "蓝圆"], [["红圆"], ["蓝方"]])["cider-d"] == pytest.approx(312.5)
-
-
-def test_cider_d_idf_clipping_length_penalty_and_several_references():
-    # 色 is in the references of both images: idf ln(2/2) = 0, it counts for nothing
-    # A: 红色 vs 红色: unigram vectors {红: ln2, 色: 0} -> cosine 1; bigram 1 -> 5
-    assert cider_d(["红色", "蓝色"], [["红色"], ["蓝色"]]) == pytest.approx([5.0, 5.0])
-    # clipping: repeating 红 does not score more than once; the length difference 2 costs exp(-4 / 72)
-    # hypothesis 红红红 {红: 3 ln2}, reference 红圆 {红: ln2, 圆: ln2}: min(3ln2, ln2) * ln2 / (3ln2 * sqrt2 ln2)
-    unigram = 1 / (3 * math.sqrt(2))
-    penalty = math.exp(-((3 - 2) ** 2) / 72)
-    assert cider_d(["红红红", "蓝"], [["红圆"], ["蓝"]])[0] == pytest.approx(10 * unigram * penalty / 4)
-    # several references: the mean of the per-reference scores
-    two = cider_d(["红圆", "蓝方"], [["红圆", "绿方"], ["蓝方"]])
-    # A vs 红圆: df(红)=df(圆)=df(红圆)=1 -> 0.5; A vs 绿方: nothing shared -> 0; mean 0.25 x 10
-    assert two[0] == pytest.approx(2.5)
-
-
-def test_empty_predictions_and_references():
-    assert caption_metrics(["", ""], [["红圆"], ["蓝方"]]) == {"bleu-4": 0.0, "rouge-l": 0.0, "cider-d": 0.0}
-    # an empty reference is ignored; an image with no reference left is not scored at all
-    assert caption_metrics(["红色圆形", "x"], [["红色圆形", " "], [""]])["rouge-l"] == 100.0
-    assert caption_metrics(["红"], [[]]) == {"bleu-4": 0.0, "rouge-l": 0.0, "cider-d": 0.0}
-    # one image, one reference: idf is ln(1/1) = 0 for every n-gram, so CIDEr-D says nothing (0)
-    assert caption_metrics(["红圆"], [["红圆"]]) == {"bleu-4": 0.0, "rouge-l": 100.0, "cider-d": 0.0}
-
-
-# ---- argument errors --------------------------------------------------------------------------------------------
+# ---- argument errors -----------------------------------------------------------------------------------------------
 
 
 def base_args(demo_dir, output_dir, **overrides) -> dict:
@@ -196,9 +104,10 @@ def test_wrong_kinds_of_models_are_named(demo_dir, tmp_path):
         cap.main(to_argv(checkpoint_is_vit))
 
 
-# ---- overfitting: 8 images, 8 captions, reproduced exactly ------------------------------------------------------
+# ---- overfitting: 8 images, 8 captions, reproduced exactly ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
     import csv
 
@@ -228,7 +137,7 @@ def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
     assert results["predict_bleu-4"] == 100.0 and results["predict_rouge-l"] == 100.0
 
 
-# ---- end to end on the demo data --------------------------------------------------------------------------------
+# ---- end to end on the demo data -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +150,7 @@ def demo_run(demo_dir, tmp_path_factory):
     return cap.main(to_argv(args)), output_dir
 
 
+@pytest.mark.slow
 def test_untrained_model_scores_low_and_training_raises_every_metric(demo_run, demo_dir, tmp_path):
     results, _ = demo_run
     untrained = cap.main(to_argv(base_args(demo_dir, tmp_path, do_eval=True, max_eval_samples=60)))
@@ -251,6 +161,7 @@ def test_untrained_model_scores_low_and_training_raises_every_metric(demo_run, d
     assert results["eval_samples"] == 30
 
 
+@pytest.mark.slow
 def test_colour_is_named_correctly(demo_run):
     from run_demo import caption_color_accuracy
 
@@ -258,6 +169,7 @@ def test_colour_is_named_correctly(demo_run):
     assert caption_color_accuracy(output_dir / "generated_predictions.jsonl") >= 0.9
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -279,6 +191,7 @@ def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     assert all(set(line) == {"image_path", "predict", "references"} and len(line["references"]) == 2 for line in lines)
 
 
+@pytest.mark.slow
 def test_broken_images_are_skipped_and_listed(demo_run):
     _, output_dir = demo_run
     listed = (output_dir / "skipped_images.txt").read_text(encoding="utf-8")
@@ -286,6 +199,7 @@ def test_broken_images_are_skipped_and_listed(demo_run):
         assert name in listed
 
 
+@pytest.mark.slow
 def test_continue_from_the_saved_checkpoint(demo_run, demo_dir, tmp_path):
     """--model_name_or_path takes the saved VisionEncoderDecoder: same scores when evaluated again."""
     results, output_dir = demo_run
@@ -338,6 +252,7 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
     assert (tmp_path / "ddp" / "generated_predictions.jsonl").read_text(encoding="utf-8") == single
 
 
+@pytest.mark.slow
 def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(demo_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
 

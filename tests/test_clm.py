@@ -1,16 +1,14 @@
-"""run_clm.py: packing and cache units, argument errors, and tiny end-to-end pre-training runs."""
+"""run_clm.py: special tokens and labels, argument errors, and tiny end-to-end pre-training runs (cache, streaming)."""
 
 import json
 import logging
 import os
 
-import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 import packing
 import run_clm
-from metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
 
 
 def clm_args(demo_dir, output_dir, **overrides) -> list[str]:
@@ -49,14 +47,6 @@ def clm_args(demo_dir, output_dir, **overrides) -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module")
-def char_tokenizer(demo_dir):
-    """The demo's BERT-style character tokenizer with the special tokens run_clm adds from scratch."""
-    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer-clm")
-    run_clm.add_missing_special_tokens(tokenizer, from_scratch=True)
-    return tokenizer
-
-
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models train faster on one thread, and far faster when other jobs share the two cores."""
@@ -68,26 +58,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# ---- units: packing, document boundaries, eos in the labels ------------------------------------------------------
-
-
-def test_packer_cuts_exact_blocks_and_carries_the_tail():
-    packer = packing.BlockPacker(4)
-    assert packer.add(np.arange(8)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert packer.tail == 0
-    # fewer tokens than a block: no block and no crash, they wait for the next call
-    assert packer.add(np.array([8, 9, 10])).shape == (0, 4)
-    assert packer.add(np.array([11, 12])).tolist() == [[8, 9, 10, 11]]
-    assert packer.tail == 1  # token 12: the final partial block, dropped at the end
-
-
-def test_encoder_ends_every_document_with_eos(char_tokenizer):
-    eos = char_tokenizer.eos_token_id
-    encoder = packing.DocumentEncoder(char_tokenizer, None, eos)
-    first = char_tokenizer("今天天气", add_special_tokens=False)["input_ids"]
-    second = char_tokenizer("很好。", add_special_tokens=False)["input_ids"]
-    assert encoder(["今天天气", "很好。"]).tolist() == [*first, eos, *second, eos]
-    assert encoder([]).tolist() == []
+# ---- units: special tokens, document starts, eos in the labels -----------------------------------------------------
 
 
 def test_llama_style_tokenizer_gets_bos_per_document(demo_dir):
@@ -125,57 +96,7 @@ def test_pretrained_pad_equal_to_eos_is_left_alone(demo_dir):
     assert tokenizer.pad_token != tokenizer.eos_token
 
 
-def test_clm_metrics_on_known_values():
-    assert perplexity(0.0) == 1.0
-    assert perplexity(np.log(20.0)) == pytest.approx(20.0)
-    assert perplexity(1e6) == float("inf")
-    # predictions at t are compared with labels at t+1; -100 labels are not counted
-    predictions = np.array([[2, 3, 9, 0], [7, 7, 7, 7]])
-    labels = np.array([[1, 2, 3, 4], [5, 7, -100, -100]])
-    assert next_token_accuracy(predictions, labels) == 0.75
-
-
-def test_sample_text_loses_tokenizer_spaces():
-    assert strip_tokenizer_spaces("今 天 天 气 很 好 。") == "今天天气很好。"
-    assert strip_tokenizer_spaces("用 GPT 2 写 hello world") == "用GPT 2写hello world"
-
-
-def test_workers_and_streaming_give_the_same_blocks_as_one_process(demo_dir, char_tokenizer, tmp_path):
-    """Packing is deterministic: 2 worker processes, and the streaming packer, reproduce the 1-process blocks."""
-    files = [str(demo_dir / "data" / "clm" / "train.txt")]
-    encoder = packing.DocumentEncoder(char_tokenizer, None, char_tokenizer.eos_token_id)
-    recipe = packing.BlockRecipe(files, "train_file", "text", "utf-8", encoder, 64)
-    results = {}
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}"
-        out.mkdir()
-        stats = packing.build_blocks(recipe, out, workers=workers)
-        results[workers] = _read_blocks(out / "main.arrow")
-        assert stats["main_blocks"] == len(results[workers]) > 100
-        assert stats["main_dropped_tail_tokens"] < 64
-        assert stats["main_tokens"] == stats["main_blocks"] * 64 + stats["main_dropped_tail_tokens"]
-    np.testing.assert_array_equal(results[1], results[2])
-    streamed = packing.StreamedBlocks(recipe)
-    np.testing.assert_array_equal(np.array([row["input_ids"] for row in streamed]), results[1])
-    # shuffled, and with the first 100 documents held out: the same tokens in another order
-    shuffled = packing.StreamedBlocks(recipe, 100, 500, seed=1)
-    shuffled = np.array([row["input_ids"] for row in shuffled])
-    assert 0 < len(results[1]) - len(shuffled) < 100 * 60 / 64
-    assert not np.array_equal(shuffled[:10], results[1][:10])
-    assert (shuffled == char_tokenizer.eos_token_id).sum() >= (results[1] == char_tokenizer.eos_token_id).sum() - 101
-    # the blocks are the whole corpus, encoded in one go, cut every 64 tokens: no document boundary is lost
-    documents = (demo_dir / "data" / "clm" / "train.txt").read_text(encoding="utf-8").splitlines()
-    everything = encoder(documents)
-    np.testing.assert_array_equal(results[1].ravel(), everything[: results[1].size])
-
-
-def _read_blocks(path) -> np.ndarray:
-    import datasets
-
-    return np.array(datasets.Dataset.from_file(str(path))["input_ids"])
-
-
-# ---- argument and data errors ------------------------------------------------------------------------------------
+# ---- argument and data errors --------------------------------------------------------------------------------------
 
 
 def test_streaming_without_max_steps_is_an_error(demo_dir, tmp_path):
@@ -205,9 +126,10 @@ def test_corpus_smaller_than_one_block_is_a_clear_error(demo_dir, tmp_path):
         run_clm.main(argv)
 
 
-# ---- end to end --------------------------------------------------------------------------------------------------
+# ---- end to end ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gpt2_from_scratch_learns_and_stops(demo_dir, tmp_path):
     prompts = ["西红柿炒鸡蛋的做法：", "星期六，我和"]
     results = run_clm.main(
@@ -228,6 +150,7 @@ def test_gpt2_from_scratch_learns_and_stops(demo_dir, tmp_path):
     assert "[eos]" in samples  # the model learned to end a document
 
 
+@pytest.mark.slow
 def test_tokenized_cache_is_reused(demo_dir, tmp_path, monkeypatch, caplog):
     """A second run with the same inputs reads the cache and never calls the tokenizer; an edited file rebuilds."""
     corpus = tmp_path / "corpus.csv"  # zero_nlp's format: a `content` column, found without --text_column
@@ -256,6 +179,7 @@ def test_tokenized_cache_is_reused(demo_dir, tmp_path, monkeypatch, caplog):
     assert any("Tokenized --train_file" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_streaming_run_holds_out_documents(demo_dir, tmp_path):
     results = run_clm.main(
         clm_args(
@@ -273,6 +197,7 @@ def test_streaming_run_holds_out_documents(demo_dir, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.slow
 def test_qwen2_continued_pretraining(demo_dir, tmp_path):
     model_dir = demo_dir / "models" / "qwen2-tiny-zh"
     before = AutoTokenizer.from_pretrained(model_dir)
@@ -295,6 +220,7 @@ def test_qwen2_continued_pretraining(demo_dir, tmp_path):
     assert (tmp_path / "generated_samples.txt").is_file()
 
 
+@pytest.mark.slow
 def test_lora_adapter_reloads_with_peft(demo_dir, tmp_path):
     import torch
     from peft import PeftModel

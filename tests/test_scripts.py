@@ -139,6 +139,7 @@ def launcher_env(launcher: str, demo_dir: Path, tmp_path: Path, **extra) -> dict
     return dict(os.environ, PYTHON=sys.executable, **{k: str(v) for k, v in settings.items()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda p: p.name)
 def test_launcher_dry_run_validates_the_arguments(launcher, demo_dir, tmp_path):
     """DRY_RUN=1 prints the command, then the script parses and validates it (here under DeepSpeed)."""
@@ -154,6 +155,7 @@ def test_launcher_dry_run_validates_the_arguments(launcher, demo_dir, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was trained or written
 
 
+@pytest.mark.slow
 def test_launcher_dry_run_fails_on_bad_arguments(demo_dir, tmp_path):
     env = launcher_env("run_seq2seq_ptuning.sh", demo_dir, tmp_path, DRY_RUN="1", TRAIN_FILE="no/such.jsonl")
     done = subprocess.run(

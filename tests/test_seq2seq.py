@@ -1,19 +1,15 @@
-"""run_seq2seq_ptuning.py: prompt building with literal ids, ChatGLM metrics, and end-to-end P-Tuning / LoRA / full."""
+"""run_seq2seq_ptuning.py: prompt building with literal ids, argument errors, end-to-end P-Tuning / LoRA / full."""
 
-import doctest
 import importlib.util
 import json
 import logging
-import math
 
 import pytest
-import torch
 from helpers import to_argv
 
-import collators
 import run_seq2seq_ptuning as s2s
-from metrics import rouge_bleu, strip_tokenizer_spaces
-from trainer_seq2seq import decode_generations, stop_token_ids
+from metrics import rouge_bleu
+from trainer_seq2seq import stop_token_ids
 
 
 class CharTokenizer:
@@ -95,45 +91,6 @@ def test_chat_template_prompt_and_end_tokens(demo_dir):
     assert im_end in stop_token_ids(tokenizer) and tokenizer.eos_token_id in stop_token_ids(tokenizer)
 
 
-# ---- metrics ------------------------------------------------------------------------------------------------
-
-
-def test_rouge_bleu_hand_computed():
-    # words a b c d vs a b c e: ROUGE-1 F = 3/4, ROUGE-2 = 2/3 (ab, bc of 3 bigrams), ROUGE-L = LCS 3/4.
-    # BLEU-4 on the 7 characters (spaces included, as ChatGLM): p1..p4 = 6/7, 5/6, 4/5, 3/4, no brevity
-    # penalty -> (3/7) ** (1/4) = 0.80911
-    scores = rouge_bleu(["a b c d"], ["a b c e"])
-    assert scores == {"rouge-1": 75.0, "rouge-2": 66.6667, "rouge-l": 75.0, "bleu-4": pytest.approx(80.9107, abs=1e-3)}
-    assert math.isclose((3 / 7) ** 0.25 * 100, 80.9107, abs_tol=1e-3)
-
-
-def test_rouge_bleu_identical_empty_and_mean():
-    same = rouge_bleu(["这款连衣裙很好看。"], ["这款连衣裙很好看。"])
-    assert same == {"rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0, "bleu-4": 100.0}
-    assert rouge_bleu([""], ["参考答案"]) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu-4": 0.0}
-    assert rouge_bleu(["答案"], ["   "])["rouge-l"] == 0.0
-    # the mean over samples: one perfect, one empty
-    assert rouge_bleu(["这款连衣裙很好看。", ""], ["这款连衣裙很好看。", "有"])["rouge-1"] == 50.0
-
-
-def test_decoding_handles_minus_100_and_tokenizer_spaces(demo_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
-    row = tokenizer("红色连衣裙 new york", add_special_tokens=False)["input_ids"]
-    texts = decode_generations(tokenizer, torch.tensor([row + [-100, -100], [-100] * (len(row) + 2)]))
-    assert texts == ["红色连衣裙new york", ""]
-    assert strip_tokenizer_spaces("这 款 ， 好 看 。") == "这款，好看。"
-
-
-def test_docstring_examples():
-    runner = doctest.DocTestRunner()
-    for module, obj in ((collators, collators.PromptResponseCollator), (s2s, s2s.training_features)):
-        for test in doctest.DocTestFinder().find(obj, globs=vars(module)):
-            runner.run(test)
-    assert runner.summarize(verbose=False).attempted >= 5 and runner.summarize(verbose=False).failed == 0
-
-
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 
@@ -186,6 +143,7 @@ def lm_base(demo_dir, tmp_path_factory):
     return output_dir
 
 
+@pytest.mark.slow
 def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate")
     after = run(
@@ -211,6 +169,7 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     assert rescored["rouge-l"] == pytest.approx(after["predict_rouge-l"], abs=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ptuning", "lora"])
 def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, demo_dir, tmp_path):
     from safetensors import safe_open
@@ -270,6 +229,7 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
         ).read_text("utf-8")
 
 
+@pytest.mark.slow
 def test_encoder_decoder_learns(demo_dir, tmp_path):
     before = run(demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate", model="t5-tiny-zh")
     after = run(
@@ -280,16 +240,23 @@ def test_encoder_decoder_learns(demo_dir, tmp_path):
     assert after["eval_rouge-l"] > before["eval_rouge-l"] + 20
 
 
+@pytest.mark.slow
 def test_multi_turn_history_and_truncation_counts(demo_dir, tmp_path, caplog):
+    before = run(
+        demo_dir, tmp_path / "before", "--do_eval", "--predict_with_generate", data="chat", max_source_length=40
+    )
     with caplog.at_level(logging.WARNING):
         results = run(
             demo_dir, tmp_path / "chat", "--do_train", "--do_eval", "--predict_with_generate", data="chat",
-            max_source_length=40, max_steps=2,
+            max_source_length=40, max_steps=40,
         )  # fmt: skip
-    assert "eval_rouge-l" in results
     assert any("turns dropped" in r.getMessage() for r in caplog.records)
+    # the dialogues, their oldest turns cut, are learned: untrained, loss 10.0 and ROUGE-L 0; trained, 3.5 and 52
+    assert results["eval_loss"] < before["eval_loss"] / 2
+    assert results["eval_rouge-l"] > before["eval_rouge-l"] + 30
 
 
+@pytest.mark.slow
 def test_seed_argument_file_from_chatglm_runs(demo_dir, tmp_path, caplog):
     """The walkthrough's ptuning args: lora_r, model_parallel_mode, a duplicated output_dir, overwrite_output_dir."""
     data = demo_dir / "data" / "adgen"
@@ -353,34 +320,3 @@ def test_quantization_problems(monkeypatch):
     problems = s2s.quantization_problems(4, "full")
     assert problems[0].startswith("--quantization_bit needs bitsandbytes: `pip install bitsandbytes`")
     assert problems[1].startswith("--quantization_bit trains adapters only")
-
-
-def test_zero3_generation_resets_deepspeed_fetch_steps_for_peft_models(monkeypatch):
-    """peft's generate calls the base model directly, past DeepSpeed's reset hook on the wrapped peft model."""
-    import trainer_seq2seq
-
-    class Coordinator:
-        resets = 0
-
-        def reset_step(self):
-            Coordinator.resets += 1
-
-    class Offload:  # what engine.optimizer.parameter_offload offers
-        def get_param_coordinator(self):
-            return Coordinator()
-
-    class Engine:
-        optimizer = type("Stage3", (), {"parameter_offload": Offload()})()
-
-    base = torch.nn.Linear(2, 2)
-    peft_like = type("Peft", (), {"get_base_model": lambda self: base})()
-    monkeypatch.setattr(trainer_seq2seq, "is_deepspeed_zero3_enabled", lambda: True)
-    with trainer_seq2seq.zero3_step_per_forward(Engine(), peft_like):
-        base(torch.ones(1, 2))
-        base(torch.ones(1, 2))
-    assert Coordinator.resets == 2  # one fetch step per forward (per generated token)
-    base(torch.ones(1, 2))
-    assert Coordinator.resets == 2  # the hook is gone afterwards
-    with trainer_seq2seq.zero3_step_per_forward(Engine(), base):  # DeepSpeed's own hook covers a plain model
-        base(torch.ones(1, 2))
-    assert Coordinator.resets == 2

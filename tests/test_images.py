@@ -1,4 +1,4 @@
-"""The shared image code (images.py, collators.py): checks before training, RGB conversion, caching, data files."""
+"""Unit tests for images.py: checks before training, RGB conversion, reduced-scale decoding, caching, image-text rows."""
 
 import csv
 import json
@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 import images
-from arguments import DataTrainingArguments, ImageDataArguments, image_data_problems
-from collators import ImageTextCollator
+from arguments import DataTrainingArguments, ImageDataArguments
 from images import (
     check_image_rows,
     check_images,
@@ -241,41 +240,3 @@ def test_image_data_errors_name_the_column(image_dir, tmp_path):
     broken = write_rows(tmp_path / "broken.csv", [{"text": "坏图", "image_path": "images/truncated.jpg"}])
     with pytest.raises(ValueError, match=r"No usable image in the train data.*--image_root"):
         load(tmp_path, broken, validation_split_percentage=0)
-    problems = image_data_problems(ImageDataArguments(image_root=str(tmp_path / "nope"), image_cache_dir=str(train)))
-    assert problems == [
-        f"--image_root '{tmp_path / 'nope'}' is not a directory.",
-        f"--image_cache_dir '{train}' exists and is not a directory.",
-    ]
-
-
-def test_image_text_collator_docstring_example(image_dir, tmp_path, monkeypatch, demo_dir):
-    from transformers import AutoTokenizer
-    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
-
-    monkeypatch.chdir(tmp_path)
-    Image.new("RGB", (300, 200), "red").save("red.jpg")
-    Image.new("RGBA", (40, 60), (0, 0, 255, 128)).save("blue.png")
-    image_processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
-    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
-    collator = ImageTextCollator(image_processor, tokenizer, max_length=16, target_size=32)
-    batch = collator(
-        [
-            {"image_file": "red.jpg", "caption": "红色的圆形", "image_index": 0},
-            {"image_file": "blue.png", "caption": "蓝色背景", "image_index": 1},
-        ]
-    )
-    assert (batch["pixel_values"].shape, batch["input_ids"].shape, batch["image_index"].tolist()) == (
-        (2, 3, 32, 32),
-        (2, 7),
-        [0, 1],
-    )
-    assert tokenizer.decode(batch["input_ids"][1], skip_special_tokens=True).replace(" ", "") == "蓝色背景"
-    # an image broken after the check leaves its pair out of the batch instead of stopping training
-    (tmp_path / "red.jpg").write_bytes(b"")
-    batch = collator(
-        [
-            {"image_file": "red.jpg", "caption": "红色的圆形", "image_index": 0, "row": 5},
-            {"image_file": "blue.png", "caption": "蓝色背景", "image_index": 1, "row": 6},
-        ]
-    )
-    assert batch["row"].tolist() == [6] and batch["pixel_values"].shape[0] == 1
