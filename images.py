@@ -210,13 +210,10 @@ def check_images(
     image is also stored at `target_size` (shorter side) and the file to load is that small copy. Results are
     cached in `check_cache_dir` (default: `image_cache_dir`/checks, else the datasets cache) for later runs.
     """
-    if check_cache_dir is None:
-        check_cache_dir = (
-            Path(image_cache_dir) / "checks"
-            if image_cache_dir
-            else Path(datasets.config.HF_DATASETS_CACHE) / "image_checks"
-        )
-    cache = ImageCheckCache(Path(check_cache_dir))
+    default_dir = Path(image_cache_dir or datasets.config.HF_DATASETS_CACHE) / (
+        "checks" if image_cache_dir else "image_checks"
+    )
+    cache = ImageCheckCache(Path(check_cache_dir or default_dir))
     results: dict[str, tuple[str | None, str]] = {}
     todo = []
     for path in dict.fromkeys(paths):
@@ -240,12 +237,9 @@ def check_images(
         return results
 
     workers = max(1, num_workers or min(32, os.cpu_count() or 1))
+    copies = f"; writing {target_size}px copies to {image_cache_dir}" if image_cache_dir and target_size else ""
     logger.info(
-        "Image check: decoding %d images with %d threads (%d known from earlier runs)%s",
-        len(todo),
-        workers,
-        len(results),
-        f"; writing {target_size}px copies to {image_cache_dir}" if image_cache_dir and target_size else "",
+        "Image check: decoding %d images with %d threads (%d known)%s", len(todo), workers, len(results), copies
     )
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:

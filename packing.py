@@ -254,7 +254,6 @@ def build_blocks(
     A held-out document is chosen by a seeded draw per document, so the split never overlaps and does not
     depend on the number of workers. Documents keep their file order, so the result is deterministic.
     """
-    rng = random.Random(seed)
     stats = {
         "documents": 0,
         "empty_documents": 0,
@@ -268,21 +267,8 @@ def build_blocks(
     packers = {name: BlockPacker(recipe.block_size) for name in writers}
     tokens = dict.fromkeys(writers, 0)
 
-    def batches():
-        for documents in recipe.documents():
-            kept, heldout = [], []
-            for document in documents:
-                if document is None:
-                    stats["empty_documents"] += 1
-                elif holdout_percentage > 0 and rng.random() * 100 < holdout_percentage:
-                    heldout.append(document)
-                else:
-                    kept.append(document)
-            stats["documents"] += len(kept) + len(heldout)
-            stats["heldout_documents"] += len(heldout)
-            yield kept, heldout
-
-    for encoded in ordered_parallel(SplitEncoder(recipe.encoder), batches(), workers):
+    batches = split_documents(recipe.documents(), holdout_percentage, random.Random(seed), stats)
+    for encoded in ordered_parallel(SplitEncoder(recipe.encoder), batches, workers):
         for name, array in zip(("main", "heldout"), encoded):
             if name in writers:
                 tokens[name] += len(array)
@@ -293,6 +279,22 @@ def build_blocks(
         stats[f"{name}_blocks"] = writer.n_blocks
         stats[f"{name}_dropped_tail_tokens"] = packers[name].tail
     return stats
+
+
+def split_documents(batches, holdout_percentage: float, rng: random.Random, stats: dict):
+    """(kept, held-out) document lists per batch: empty documents counted and left out, a seeded draw per document."""
+    for documents in batches:
+        kept, heldout = [], []
+        for document in documents:
+            if document is None:
+                stats["empty_documents"] += 1
+            elif holdout_percentage > 0 and rng.random() * 100 < holdout_percentage:
+                heldout.append(document)
+            else:
+                kept.append(document)
+        stats["documents"] += len(kept) + len(heldout)
+        stats["heldout_documents"] += len(heldout)
+        yield kept, heldout
 
 
 def too_small_error(what: str, tokens: int, documents: int, block_size: int, fix: str) -> ValueError:
