@@ -7,7 +7,9 @@ function returns every problem with its group as a list, so a user fixes them al
 """
 
 import codecs
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +249,10 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
     path = model_args.model_name_or_path
     if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
         problems.append(f"--model_name_or_path '{path}' does not exist.")
+    for name in ("model_name_or_path", "tokenizer_name"):
+        problem = chatglm_remote_code_problem(getattr(model_args, name), name)
+        if problem:
+            problems.append(problem)
     resume = training_args.resume_from_checkpoint
     if resume and str(resume).lower() not in ("true", "false"):
         if not Path(resume).is_dir():
@@ -261,6 +267,42 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
             "folder to resume from. Drop the flag to start afresh, or point it at a checkpoint directory."
         )
     return problems
+
+
+def chatglm_remote_code_problem(path: str | None, arg_name: str) -> str | None:
+    """ChatGLM2/3 checkpoints whose remote code does not run on transformers 5: say to convert them first.
+
+    Found from the folder's config (model_type chatglm) or the tokenizer's class, before any weight is read;
+    hub ids of THUDM's remote-code repositories are recognised by name.
+    """
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        config = _read_json(folder / "config.json")
+        tokenizer_config = _read_json(folder / "tokenizer_config.json")
+        remote = config.get("model_type") == "chatglm" or tokenizer_config.get("tokenizer_class") == "ChatGLMTokenizer"
+    else:
+        remote = bool(re.fullmatch(r"(THUDM|zai-org)/chatglm[23]?-6b(-\w+)*", path)) and not path.endswith("-hf")
+    if not remote:
+        return None
+    name = folder.name or "chatglm"
+    fetch = "" if folder.is_dir() else f"hf download {path} --local-dir {name} && "
+    source = path if folder.is_dir() else name
+    return (
+        f"--{arg_name} '{path}' is a ChatGLM checkpoint with THUDM's remote code, which does not run on transformers "
+        "5 (it fails in generation and P-Tuning). Convert it once to the native GLM architecture and pass the "
+        f"converted folder instead: {fetch}python scripts/convert_chatglm.py {source} {name}-native"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file's object, or {} when the file is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def raise_if_problems(problems: list[str]) -> None:

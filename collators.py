@@ -37,7 +37,7 @@ class PromptResponseCollator:
     - `input_ids` / `labels` (teacher-forced, aligned): right-padded with pad id / -100, plus `attention_mask`.
     - `prompt_ids` (prompt only, for generation with a decoder-only model): LEFT-padded, so every prompt ends
       where generation starts, plus `prompt_attention_mask`.
-    - `reference_ids` (the response alone, to score generations): right-padded with -100.
+    - `row` (evaluation: which data row an example is, to find its reference answer): a tensor of ints.
     `max_length` / `max_label_length` pad `input_ids` / `labels` of every batch to a fixed length instead
     (ChatGLM's static padding, --pad_to_max_length); the prompt-only keys are always padded dynamically.
 
@@ -80,8 +80,8 @@ class PromptResponseCollator:
         if "prompt_ids" in keys:
             batch["prompt_ids"] = self._pad([f["prompt_ids"] for f in features], self.pad_token_id, left=True)
             batch["prompt_attention_mask"] = self._pad([[1] * len(f["prompt_ids"]) for f in features], 0, left=True)
-        if "reference_ids" in keys:
-            batch["reference_ids"] = self._pad([f["reference_ids"] for f in features], LABEL_PAD)
+        if "row" in keys:
+            batch["row"] = torch.tensor([f["row"] for f in features], dtype=torch.long)
         return batch
 
 

@@ -261,7 +261,12 @@ def drop_invalid_rows(
             " ..." if count > 5 else "",
         )
     if not keep:
-        raise ValueError(f"No usable row left in the {split} data: every row was dropped ({dict(reasons)}).")
+        first = min(examples.values(), key=lambda rows: rows[0])[0]
+        reason = next(r for r, rows in examples.items() if rows[0] == first)
+        raise ValueError(
+            f"No usable row left in the {split} data: every row was dropped ({dict(reasons)}). The first, row "
+            f"{first} (counted from 0), has: {reason}."
+        )
     return dataset.select(keep) if reasons else dataset
 
 

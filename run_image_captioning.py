@@ -390,7 +390,9 @@ def main(argv=None) -> dict:
     freeze_encoder(model, task_args)
 
     # trainer: the saved model then captions the way it was evaluated
-    model.generation_config = build_generation_config(generation_args, tokenizer, model, task_args.max_target_length)
+    model.generation_config = build_generation_config(
+        generation_args, [tokenizer.eos_token_id], tokenizer.pad_token_id, model, task_args.max_target_length
+    )
     trainer = MultiReferenceTrainer(
         model=model,
         args=training_args,

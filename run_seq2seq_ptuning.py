@@ -1,21 +1,22 @@
-"""Fine-tune a chat / seq2seq model on prompt -> response data: P-Tuning v2, LoRA or full fine-tuning.
+"""Fine-tune a chat / seq2seq model on conversations: P-Tuning v2, LoRA or full fine-tuning.
 
     python run_seq2seq_ptuning.py examples/seq2seq_demo.json
     python run_seq2seq_ptuning.py --model_name_or_path Qwen/Qwen2.5-1.5B-Instruct --finetuning_type ptuning \
         --pre_seq_len 128 --train_file AdvertiseGen/train.json --validation_file AdvertiseGen/dev.json \
         --prompt_column content --response_column summary --max_source_length 64 --max_target_length 128 \
         --output_dir outputs/adgen-ptuning --do_train --do_eval --predict_with_generate
+    python run_seq2seq_ptuning.py examples/seq2seq_messages_lora.yaml          # OpenAI messages / ShareGPT data
     torchrun --nproc_per_node 8 run_seq2seq_ptuning.py examples/seq2seq_adgen_ptuning.json
 
-The data format is ChatGLM's (`ptuning/main.py`): a prompt column, a response column and an
-optional history column of [query, answer] pairs; Alpaca-style instruction / input / output files
-work too. Prompts use the tokenizer's chat template when it has one, else ChatGLM2's
-"[Round 1]\\n\\n问：...\\n\\n答：". The loss falls only on the final response and its end token.
-Evaluation generates (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as ChatGLM does.
+Data: OpenAI `messages` or ShareGPT `conversations` files, ChatGLM's (`ptuning/main.py`) prompt / response /
+history columns, or Alpaca instruction / input / output files (chat_data.py). Conversations are rendered with
+the model's own chat template, or `--template` / `--chat_template` (chat_format.py), and the loss falls on the
+answers and their stop tokens only: every answer, or the last one with --mask_history. Evaluation generates the
+last answer from the turns before it (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as ChatGLM does,
+against the answers as written in the data file.
 """
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +28,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    GenerationConfig,
     Seq2SeqTrainingArguments,
 )
 
@@ -40,18 +42,17 @@ from arguments import (
     generation_problems,
     raise_if_problems,
 )
-from collators import LABEL_PAD, PromptResponseCollator
-from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from chat_data import ChatColumns, conversation_of, conversation_problem, find_chat_columns
+from chat_format import TEMPLATE_NAMES, TEMPLATES, ChatFormat, ChatFormatError, choose_chat_template, drop_oldest_turn
+from collators import PromptResponseCollator
+from data import drop_invalid_rows, limit_samples, load_raw_datasets
 from launch import prepare_launch
-from metrics import rouge_bleu
+from metrics import rouge_bleu, strip_tokenizer_spaces
 from parsing import parse_args
 from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
 from training import apply_lora, apply_ptuning, load_adapter, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
-
-PROMPT_COLUMNS = ("content", "prompt", "query", "question", "input")
-RESPONSE_COLUMNS = ("summary", "response", "answer", "output", "target")
 
 
 @dataclass
@@ -74,12 +75,50 @@ class PromptResponseArguments:
             "help": "Column with earlier turns as a list of [query, answer] pairs; 'history' is used if present."
         },
     )
-    source_prefix: str = field(default="", metadata={"help": "Text put in front of every prompt."})
+    messages_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with whole conversations: OpenAI messages [{role, content}] or ShareGPT [{from, value}]; "
+            "'messages' or 'conversations' is used if present."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt for every conversation that does not bring its own."}
+    )
+    mask_history: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Learn only the last answer of each conversation (as ChatGLM's ptuning/ does). Default: true "
+            "for ChatGLM / Alpaca files (their history is context), false for messages / ShareGPT files (every "
+            "answer is learned, as LLaMA-Factory and MedicalGPT do)."
+        },
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt format for a tokenizer without a chat template (default: the tokenizer's own template, "
+            "else 'default', this project's [Round i] format).",
+            "choices": list(TEMPLATE_NAMES),
+        },
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "A Jinja chat template file to use instead of the tokenizer's."}
+    )
+    enable_thinking: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Qwen3-style templates: false renders the empty think block into the prompt (non-thinking "
+            "mode); unset or true keeps the template's default, where it is part of the learned answer."
+        },
+    )
+    source_prefix: str = field(default="", metadata={"help": "Text put in front of the question being answered."})
     max_source_length: int = field(
-        default=512, metadata={"help": "Longest prompt in tokens, history included; the oldest turns go first."}
+        default=512,
+        metadata={"help": "Longest prompt in tokens, earlier turns included; the oldest turns are dropped first."},
     )
     max_target_length: int = field(
-        default=512, metadata={"help": "Longest response in tokens, end token included; longer ones are cut."}
+        default=512,
+        metadata={"help": "Longest last answer in tokens, end token included; longer ones are cut (end token kept)."},
     )
     pad_to_max_length: bool = field(
         default=False,
@@ -121,96 +160,6 @@ ARGUMENT_CLASSES = (
 )
 
 
-def read_history(value) -> list[tuple[str, str]] | None:
-    """[[query, answer], ...] as a list of string pairs; [] when missing; None when malformed."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, str):  # csv cells hold JSON text
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(value, list) or not all(isinstance(t, (list, tuple)) and len(t) == 2 for t in value):
-        return None
-    return [(str(q), str(a)) for q, a in value]
-
-
-def chatglm2_prompt(query: str, history: list[tuple[str, str]]) -> str:
-    """ChatGLM2's plain prompt: one "[Round i]" block per earlier turn, then the open question."""
-    rounds = [f"[Round {i}]\n\n问：{q}\n\n答：{a}\n\n" for i, (q, a) in enumerate(history, start=1)]
-    return "".join(rounds) + f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
-
-
-class PromptBuilder:
-    """Turns (query, history, response) into token ids: chat template if the tokenizer has one, ChatGLM2 format else."""
-
-    def __init__(self, tokenizer, source_prefix: str, max_source_length: int, max_target_length: int, encoder_decoder):
-        self.tokenizer, self.prefix = tokenizer, source_prefix
-        self.max_source, self.max_target = max_source_length, max_target_length
-        self.encoder_decoder = encoder_decoder
-        self.use_template = bool(getattr(tokenizer, "chat_template", None)) and not encoder_decoder
-        self.end_ids = self._response_end_ids()
-
-    def _response_end_ids(self) -> list[int]:
-        """What closes a response: the chat template's end-of-turn text, or eos."""
-        if self.use_template:
-            user = [{"role": "user", "content": "Q"}]
-            prompt = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-            full = self.tokenizer.apply_chat_template([*user, {"role": "assistant", "content": "A"}], tokenize=False)
-            if full.startswith(prompt + "A") and full[len(prompt) + 1 :].strip():
-                return self.tokenizer(full[len(prompt) + 1 :].rstrip("\n"), add_special_tokens=False)["input_ids"]
-        return [self.tokenizer.eos_token_id]
-
-    def prompt_text(self, query: str, history: list[tuple[str, str]]) -> str:
-        if self.use_template:
-            messages = []
-            for q, a in history:
-                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            messages.append({"role": "user", "content": self.prefix + query})
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.prefix + chatglm2_prompt(query, history)
-
-    def _encode_prompt(self, query: str, history) -> list[int]:
-        text = self.prompt_text(query, history)
-        ids = self.tokenizer(text, add_special_tokens=self.encoder_decoder)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if not self.encoder_decoder and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return ids
-
-    def prompt_ids(self, query: str, history: list[tuple[str, str]]) -> tuple[list[int], int, bool]:
-        """Prompt ids within max_source_length: the oldest turns are dropped first, then the prompt's start.
-
-        Returns the ids, how many turns were dropped, and whether the prompt itself had to be cut.
-        """
-        dropped = 0
-        ids = self._encode_prompt(query, history)
-        while len(ids) > self.max_source and dropped < len(history):
-            dropped += 1
-            ids = self._encode_prompt(query, history[dropped:])
-        cut = len(ids) > self.max_source
-        if cut:  # keep the end: it holds the question and the "答：" / assistant cue the model answers after
-            bos = self.tokenizer.bos_token_id
-            keep = self.max_source - (1 if ids[0] == bos and bos is not None else 0)
-            ids = ([bos] if keep < self.max_source else []) + ids[-keep:]
-        return ids, dropped, cut
-
-    def response_ids(self, response: str) -> tuple[list[int], bool]:
-        """Response ids + the end token(s), within max_target_length."""
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        room = self.max_target - len(self.end_ids)
-        return ids[:room] + self.end_ids, len(ids) > room
-
-
-def training_features(prompt_ids: list[int], response_ids: list[int]) -> dict:
-    """A decoder-only training row: prompt + response, with the loss only on the response (and its end token).
-
-    >>> training_features([11, 12], [21, 22, 2])
-    {'input_ids': [11, 12, 21, 22, 2], 'labels': [-100, -100, 21, 22, 2]}
-    """
-    return {"input_ids": prompt_ids + response_ids, "labels": [LABEL_PAD] * len(prompt_ids) + response_ids}
-
-
 def quantization_problems(bits: int | None, finetuning_type: str) -> list[str]:
     """What stops `--quantization_bit bits` on this machine (bitsandbytes needs CUDA)."""
     if bits is None:
@@ -237,6 +186,15 @@ def argument_problems(model_args, data_args, task_args, finetuning_args, generat
     for name in ("max_source_length", "max_target_length"):
         if getattr(task_args, name) < 2:
             problems.append(f"--{name} must be at least 2, got {getattr(task_args, name)}.")
+    if task_args.template and task_args.chat_template:
+        problems.append("Pass --template NAME or --chat_template FILE, not both.")
+    if task_args.chat_template and not Path(task_args.chat_template).is_file():
+        problems.append(f"--chat_template '{task_args.chat_template}' is not a file (a Jinja chat template).")
+    if task_args.messages_column and (task_args.prompt_column or task_args.response_column):
+        problems.append(
+            "--messages_column reads whole conversations; it cannot be combined with --prompt_column / "
+            "--response_column (one row holds either a conversation or a prompt and a response)."
+        )
     if finetuning_args.finetuning_type == "ptuning" and training_args.gradient_checkpointing:
         problems.append(
             "--finetuning_type ptuning cannot be combined with --gradient_checkpointing: peft drops the trained "
@@ -284,58 +242,43 @@ def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> N
     training_args.remove_unused_columns = False
 
 
-def find_roles(ds, split: str, task_args) -> dict[str, str]:
-    """{role: column} of one split; roles: prompt | instruction + input (Alpaca), response, history."""
-    columns = ds.column_names
-    if task_args.prompt_column is None and "instruction" in columns:  # Alpaca-style file
-        roles = {"instruction": "instruction", **({"input": "input"} if "input" in columns else {})}
-        response_column = task_args.response_column or "output"
-        has_response = response_column in columns
-    else:
-        roles = {"prompt": find_column(ds, task_args.prompt_column, "prompt_column", PROMPT_COLUMNS, split)}
-        response_column = task_args.response_column
-        has_response = response_column in columns if response_column else bool(set(RESPONSE_COLUMNS) & set(columns))
-    if split != "test" or has_response:  # test files may come without answers: predict only
-        roles["response"] = find_column(ds, response_column, "response_column", RESPONSE_COLUMNS, split)
-    if task_args.history_column or "history" in columns:
-        roles["history"] = find_column(ds, task_args.history_column, "history_column", ("history",), split)
-    return roles
+def row_problem(values: dict, chat_columns: ChatColumns, task_args, needs_answer: bool) -> str | None:
+    """Why a row cannot be used (see chat_data.conversation_problem), or None."""
+    row = {role: values[column] for role, column in chat_columns.columns.items()}
+    messages = conversation_of(row, chat_columns, task_args.system_prompt, task_args.source_prefix)
+    return conversation_problem(messages, needs_answer)
 
 
-def query_of(row: dict) -> str:
-    """The question of a row given by role: the prompt, or an Alpaca instruction with its input."""
-    if "instruction" in row:
-        extra = row.get("input")
-        return str(row["instruction"]).strip() + ("\n" + str(extra).strip() if not is_blank(extra) else "")
-    return str(row["prompt"]).strip()
-
-
-def row_problem(values: dict, roles: dict[str, str], needs_response: bool) -> str | None:
-    """Why a row cannot be used (no prompt, no response, a malformed history), or None."""
-    row = {role: values[column] for role, column in roles.items()}
-    if is_blank(row.get("prompt", row.get("instruction"))):
-        return "empty or missing prompt"
-    if needs_response and is_blank(row.get("response")):
-        return "empty or missing response"
-    if "history" in row and read_history(row["history"]) is None:
-        return "history is not a list of [query, answer] pairs"
-    return None
-
-
-def load_prompt_response_data(data_args, task_args, training_args, cache_dir) -> tuple:
-    """The raw splits without unusable rows, and the role of each column, per split."""
+def load_chat_data(data_args, task_args, training_args, cache_dir) -> tuple:
+    """The raw splits without unusable conversations, and where each split's conversations are."""
     with training_args.main_process_first(desc="loading data"):
         raw = load_raw_datasets(data_args, training_args, cache_dir=cache_dir)
-    roles = {split: find_roles(ds, split, task_args) for split, ds in raw.items()}
+    chat_columns = {split: find_chat_columns(ds, split, task_args) for split, ds in raw.items()}
     for split in list(raw):
-        problem = partial(row_problem, roles=roles[split], needs_response=split != "test")
-        raw[split] = drop_invalid_rows(raw[split], split, list(roles[split].values()), problem)
+        problem = partial(
+            row_problem, chat_columns=chat_columns[split], task_args=task_args, needs_answer=split != "test"
+        )
+        raw[split] = drop_invalid_rows(raw[split], split, list(chat_columns[split].columns.values()), problem)
     limit_samples(raw, data_args)
-    return raw, roles
+    return raw, chat_columns
+
+
+def conversations(dataset, chat_columns: ChatColumns, task_args) -> list[list[dict]]:
+    """Every row of a split as its conversation."""
+    rows = dataset.select_columns(list(chat_columns.columns.values())).to_list()
+    return [
+        conversation_of(
+            {role: row[column] for role, column in chat_columns.columns.items()},
+            chat_columns,
+            task_args.system_prompt,
+            task_args.source_prefix,
+        )
+        for row in rows
+    ]
 
 
 def load_tokenizer_and_config(model_args) -> tuple:
-    """The tokenizer, with an eos that ends responses and a pad token, and the model config; tokens added."""
+    """The tokenizer (an eos that ends answers, a pad token), the model config, tokens added, the model's stop ids."""
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
@@ -345,69 +288,118 @@ def load_tokenizer_and_config(model_args) -> tuple:
             tokenizer.eos_token = tokenizer.sep_token
         else:
             added_tokens += tokenizer.add_special_tokens({"eos_token": "</s>"})
-        logger.info("The tokenizer has no eos token; using %s to end responses.", tokenizer.eos_token)
+        logger.info("The tokenizer has no eos token; using %s to end answers.", tokenizer.eos_token)
     if tokenizer.pad_token is None:  # padding never reaches the loss (-100), so sharing eos's id is harmless
         tokenizer.pad_token = tokenizer.eos_token
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
-    return tokenizer, config, added_tokens
+    try:  # the model's own stop ids (Qwen: <|im_end|> and <|endoftext|>; Llama-3.1: three of them)
+        eos = GenerationConfig.from_pretrained(model_args.model_name_or_path, **model_args.hub_kwargs()).eos_token_id
+    except OSError:
+        eos = None
+    model_stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return tokenizer, config, added_tokens, model_stop_ids
 
 
-def encode_batch(batch, split: str, roles: dict, builder: PromptBuilder, keep_generation_inputs: bool) -> dict:
-    """Token ids of a batch: decoder-only rows get prompt + response with labels on the response only, and
-    (for evaluation) the prompt alone to generate from; encoder-decoder rows get the prompt and the response.
+def build_chat_format(tokenizer, task_args, model_stop_ids: list[int]) -> ChatFormat:
+    """The chat template chosen for this run (stored on the tokenizer, so it is saved with it) and its stop ids."""
+    source = choose_chat_template(tokenizer, task_args.template, task_args.chat_template)
+    kwargs = {} if task_args.enable_thinking is None else {"enable_thinking": task_args.enable_thinking}
+    chat_format = ChatFormat(tokenizer, kwargs, model_stop_ids)
+    example = [
+        {"role": "user", "content": "<earlier question>"},
+        {"role": "assistant", "content": "<earlier answer>"},
+        {"role": "user", "content": "<question>"},
+        {"role": "assistant", "content": "<answer>"},
+    ]
+    logger.info(
+        "Prompt format: %s; stop tokens %s. Example:\n%s",
+        source,
+        tokenizer.convert_ids_to_tokens(chat_format.stop_ids),
+        chat_format.render(example),
+    )
+    return chat_format
+
+
+def encode_batch(batch, split: str, chat_columns: ChatColumns, chat_format: ChatFormat, task_args, learn_all, keep):
+    """Token ids of a batch of conversations (decoder-only): prompt + answers with labels on the answers, and,
+    for evaluation, the prompt alone to generate from. `keep` lists the features this split needs.
     """
     n = len(next(iter(batch.values())))
-    out = {k: [] for k in ("input_ids", "labels", "prompt_ids", "reference_ids", "length")}
-    stats = {"turns_dropped": 0, "prompts_cut": 0, "responses_cut": 0}
+    out = {k: [] for k in ("input_ids", "labels", "prompt_ids", "length")}
+    stats = {"turns_dropped": 0, "prompts_cut": 0, "answers_cut": 0}
     for i in range(n):
-        row = {role: batch[column][i] for role, column in roles.items()}
-        prompt, dropped, cut = builder.prompt_ids(query_of(row), read_history(row.get("history")) or [])
-        stats["turns_dropped"] += dropped
-        stats["prompts_cut"] += cut
-        response = None if is_blank(row.get("response")) else builder.response_ids(str(row["response"]).strip())
-        if response is not None:
-            stats["responses_cut"] += response[1]
-        if builder.encoder_decoder:
-            out["input_ids"].append(prompt)
-            out["labels"].append(response[0] if response else None)
-            out["length"].append(len(prompt))
-            continue
-        out["prompt_ids"].append(prompt)
-        if response is not None:
-            for key, value in training_features(prompt, response[0]).items():
-                out[key].append(value)
-            out["reference_ids"].append(response[0])
-        out["length"].append(len(prompt) + (len(response[0]) if response is not None else 0))
-    keep = {"length"}
-    if builder.encoder_decoder:
-        keep |= {"input_ids"} | ({"labels"} if all(x is not None for x in out["labels"]) else set())
-    elif split == "train":
-        keep |= {"input_ids", "labels"}
-    else:
-        keep |= {"prompt_ids"} | ({"input_ids", "labels", "reference_ids"} if out["input_ids"] else set())
-        if not keep_generation_inputs:
-            keep -= {"prompt_ids", "reference_ids"}
+        row = {role: batch[column][i] for role, column in chat_columns.columns.items()}
+        messages = conversation_of(row, chat_columns, task_args.system_prompt, task_args.source_prefix)
+        try:
+            encoded = chat_format.encode(messages, learn_all, task_args.max_source_length, task_args.max_target_length)
+        except ChatFormatError as exc:
+            raise ChatFormatError(f"The {split} conversations cannot be encoded: {exc}.") from None
+        out["input_ids"].append(encoded.input_ids)
+        out["labels"].append(encoded.labels)
+        out["prompt_ids"].append(encoded.prompt_ids)
+        out["length"].append(len(encoded.input_ids))
+        stats["turns_dropped"] += encoded.turns_dropped
+        stats["prompts_cut"] += encoded.prompt_cut
+        stats["answers_cut"] += encoded.answer_cut
     # per-batch counts ride along as columns (one value per batch) so they survive num_proc workers
     out.update({f"stat_{k}": [v] + [0] * (n - 1) for k, v in stats.items()})
     return {k: v for k, v in out.items() if k in keep or k.startswith("stat_")}
 
 
-def encode_splits(raw, roles, builder: PromptBuilder, data_args, training_args) -> dict:
-    """Every split encoded (main process first; cached by `datasets`), with the truncation counts logged."""
-    processed = {}
+def encoder_decoder_batch(batch, split: str, chat_columns: ChatColumns, tokenizer, task_args, keep):
+    """Token ids of a batch for an encoder-decoder model (T5): the conversation before the last answer as the
+    source (this project's [Round i] text, oldest turns dropped first), the last answer + eos as the labels.
+    """
+    n = len(next(iter(batch.values())))
+    out = {"input_ids": [], "labels": [], "length": []}
+    stats = {"turns_dropped": 0, "prompts_cut": 0, "answers_cut": 0}
+    for i in range(n):
+        row = {role: batch[column][i] for role, column in chat_columns.columns.items()}
+        messages = conversation_of(row, chat_columns, task_args.system_prompt, task_args.source_prefix)
+        answer = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
+        while True:
+            text = tokenizer.apply_chat_template(
+                messages, chat_template=TEMPLATES["default"], tokenize=False, eos_token=""
+            )
+            ids = tokenizer(text)["input_ids"]
+            if len(ids) <= task_args.max_source_length or sum(m["role"] == "user" for m in messages) < 2:
+                break
+            messages, stats["turns_dropped"] = drop_oldest_turn(messages), stats["turns_dropped"] + 1
+        stats["prompts_cut"] += len(ids) > task_args.max_source_length
+        out["input_ids"].append(ids[-task_args.max_source_length :])
+        out["length"].append(len(out["input_ids"][-1]))
+        if answer is not None:
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            stats["answers_cut"] += len(answer_ids) > task_args.max_target_length - 1
+            out["labels"].append(answer_ids[: task_args.max_target_length - 1] + [tokenizer.eos_token_id])
+    out.update({f"stat_{k}": [v] + [0] * (n - 1) for k, v in stats.items()})
+    return {k: v for k, v in out.items() if (k in keep and (k != "labels" or len(v) == n)) or k.startswith("stat_")}
+
+
+def encode_splits(raw, chat_columns, chat_format, tokenizer, encoder_decoder, data_args, task_args, training_args):
+    """Every split encoded (main process first; cached by `datasets`), with the truncation counts logged.
+
+    Evaluation and test rows carry a `row` number (unique over both splits) that finds their reference answer.
+    """
+    processed, offset = {}, 0
     with training_args.main_process_first(desc="tokenizing"):
         for split, ds in raw.items():
+            learn_all = not (
+                chat_columns[split].is_chatglm_file if task_args.mask_history is None else task_args.mask_history
+            )
+            keep = {"input_ids", "labels", "length"}
+            if split != "train" and training_args.predict_with_generate:
+                keep.add("prompt_ids")
+            if encoder_decoder:
+                function = partial(encoder_decoder_batch, tokenizer=tokenizer)
+            else:
+                function = partial(encode_batch, chat_format=chat_format, learn_all=learn_all)
             encoded = ds.map(
-                encode_batch,
+                function,
                 batched=True,
-                fn_kwargs={
-                    "split": split,
-                    "roles": roles[split],
-                    "builder": builder,
-                    "keep_generation_inputs": training_args.predict_with_generate,
-                },
+                fn_kwargs={"split": split, "chat_columns": chat_columns[split], "task_args": task_args, "keep": keep},
                 remove_columns=ds.column_names,
                 num_proc=data_args.preprocessing_num_workers,
                 load_from_cache_file=not data_args.overwrite_cache,
@@ -421,8 +413,27 @@ def encode_splits(raw, roles, builder: PromptBuilder, data_args, training_args) 
                     logger.warning(
                         "%s: %d %s (raise --max_source_length / --max_target_length to keep them)", split, count, what
                     )
-            processed[split] = encoded.remove_columns(stat_columns)
+            encoded = encoded.remove_columns(stat_columns)
+            if split != "train":
+                encoded = encoded.add_column("row", list(range(offset, offset + len(encoded))))
+                offset += len(encoded)
+            if split == "train" and learn_all:
+                logger.info("train: every assistant answer of a conversation is learned (--mask_history false).")
+            processed[split] = encoded
     return processed
+
+
+def reference_answers(raw, chat_columns, task_args) -> list[str]:
+    """The last answer of every evaluation and test row, as written in the data ("" when it has none).
+
+    Indexed like the `row` feature: the validation rows first, then the test rows.
+    """
+    references = []
+    for split in ("validation", "test"):
+        if split in raw:
+            for messages in conversations(raw[split], chat_columns[split], task_args):
+                references.append(messages[-1]["content"] if messages[-1]["role"] == "assistant" else "")
+    return references
 
 
 def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens: int, training_args):
@@ -448,8 +459,6 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
     )
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
-    for target in (model.config, model.generation_config):
-        target.pad_token_id, target.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     if task_args.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
@@ -466,6 +475,18 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
     return model
 
 
+def set_stop_tokens(model, tokenizer, stop_ids: list[int], training_args) -> None:
+    """Every stop id on the model's config and generation config, so the saved model stops at end of turn.
+
+    An adapter's output_dir holds no model: its generation_config.json is written next to the adapter.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for target in (base.config, base.generation_config):
+        target.pad_token_id, target.eos_token_id = tokenizer.pad_token_id, list(stop_ids)
+    if base is not model and training_args.do_train and training_args.should_save:
+        base.generation_config.save_pretrained(training_args.output_dir)
+
+
 def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool) -> PromptResponseCollator:
     """Dynamic padding, or ChatGLM's static padding to max_source + max_target with --pad_to_max_length."""
     total = task_args.max_source_length + task_args.max_target_length
@@ -478,14 +499,43 @@ def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool) -
     )
 
 
-def write_predictions(output, test, roles: dict, tokenizer, output_dir: Path) -> None:
-    """generated_predictions.jsonl: prompt, generated answer and reference answer per test row, in file order."""
-    prompts = [query_of({role: test[column][i] for role, column in roles.items()}) for i in range(len(test))]
-    labels = test[roles["response"]] if "response" in roles else [""] * len(test)
-    write_generated_predictions(
-        output_dir / "generated_predictions.jsonl",
-        {"prompt": prompts, "predict": decode_generations(tokenizer, output.predictions), "label": labels},
-    )
+class ChatMetrics:
+    """compute_metrics: ChatGLM's ROUGE / BLEU of the generated answers against the answers in the data file.
+
+    The labels the trainer hands over are row numbers; scoring the raw answers (not their token ids, cut to
+    --max_target_length and decoded) makes `scripts/score_predictions.py` on the predictions file give the
+    same numbers.
+    """
+
+    def __init__(self, tokenizer, references: list[str]):
+        self.tokenizer, self.references = tokenizer, references
+
+    def __call__(self, eval_pred) -> dict:
+        predictions = decode_generations(self.tokenizer, eval_pred.predictions)
+        rows = eval_pred.label_ids[:, 0].tolist()
+        return rouge_bleu(predictions, [strip_tokenizer_spaces(self.references[r]) for r in rows])
+
+
+def write_predictions(output, test, test_columns: ChatColumns, tokenizer, references, task_args, output_dir) -> None:
+    """generated_predictions.jsonl in file order: the conversation before the answer, the generation, the answer.
+
+    Messages files keep `messages`; ChatGLM / Alpaca files keep `prompt` (the question as the model saw it) and
+    their `history` pairs.
+    """
+    rows = output.label_ids[:, 0].tolist()
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    first, predictions = min(rows), decode_generations(tokenizer, output.predictions)
+    contexts = [m[:-1] if m[-1]["role"] == "assistant" else m for m in conversations(test, test_columns, task_args)]
+    contexts = [contexts[rows[i] - first] for i in order]
+    records = {"predict": [predictions[i] for i in order], "label": [references[rows[i]] for i in order]}
+    if test_columns.layout == "messages":
+        records = {"messages": contexts, **records}
+    else:
+        records = {"prompt": [c[-1]["content"] for c in contexts], **records}
+        if "history" in test_columns.columns:
+            turns = [[m["content"] for m in c if m["role"] != "system"][:-1] for c in contexts]
+            records["history"] = [[list(pair) for pair in zip(t[::2], t[1::2])] for t in turns]
+    write_generated_predictions(output_dir / "generated_predictions.jsonl", records)
 
 
 def main(argv=None) -> dict:
@@ -498,32 +548,26 @@ def main(argv=None) -> dict:
     setup_run(args, model_parallel=task_args.model_parallel_mode)
     warn_about_ignored_arguments(task_args, finetuning_args, training_args)
 
-    # load raw data
-    raw, roles = load_prompt_response_data(data_args, task_args, training_args, model_args.cache_dir)
+    # load raw data: conversations, the unusable ones dropped and counted
+    raw, chat_columns = load_chat_data(data_args, task_args, training_args, model_args.cache_dir)
 
-    # tokenizer (and the config: encoder-decoder or decoder-only decides the inputs)
-    tokenizer, config, added_tokens = load_tokenizer_and_config(model_args)
+    # tokenizer, and the prompt format: the chat template, its answer spans and stop tokens
+    tokenizer, config, added_tokens, model_stop_ids = load_tokenizer_and_config(model_args)
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    chat_format = None if encoder_decoder else build_chat_format(tokenizer, task_args, model_stop_ids)
 
-    # preprocess: prompts in the model's format, loss on the responses only
-    builder = PromptBuilder(
-        tokenizer, task_args.source_prefix, task_args.max_source_length, task_args.max_target_length, encoder_decoder
+    # preprocess: token ids with labels on the answers only
+    processed = encode_splits(
+        raw, chat_columns, chat_format, tokenizer, encoder_decoder, data_args, task_args, training_args
     )
-    logger.info(
-        "Prompt format: %s. Example:\n%s",
-        "the tokenizer's chat template" if builder.use_template else "ChatGLM2 [Round i] 问/答",
-        builder.prompt_text("<query>", [("<earlier query>", "<earlier answer>")]),
-    )
-    processed = encode_splits(raw, roles, builder, data_args, training_args)
+    references = reference_answers(raw, chat_columns, task_args)
 
     # model
     model = load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens, training_args)
+    stop_ids = chat_format.stop_ids if chat_format else [tokenizer.eos_token_id]
+    set_stop_tokens(model, tokenizer, stop_ids, training_args)
 
     # trainer: generation eval scored like ChatGLM's ptuning/main.py
-    def compute_metrics(eval_pred) -> dict:
-        predictions = decode_generations(tokenizer, eval_pred.predictions)
-        return rouge_bleu(predictions, decode_generations(tokenizer, eval_pred.label_ids))
-
     trainer = GenerationTrainer(
         model=model,
         args=training_args,
@@ -531,8 +575,10 @@ def main(argv=None) -> dict:
         eval_dataset=processed.get("validation"),
         processing_class=tokenizer,
         data_collator=build_collator(tokenizer, task_args, training_args, encoder_decoder),
-        compute_metrics=compute_metrics if training_args.predict_with_generate else None,
-        generation_config=build_generation_config(generation_args, tokenizer, model, task_args.max_target_length),
+        compute_metrics=ChatMetrics(tokenizer, references) if training_args.predict_with_generate else None,
+        generation_config=build_generation_config(
+            generation_args, stop_ids, tokenizer.pad_token_id, model, task_args.max_target_length
+        ),
     )
 
     # train, evaluate, predict
@@ -543,7 +589,7 @@ def main(argv=None) -> dict:
         eval_dataset=processed.get("validation"),
         predict_dataset=processed.get("test"),
         after_predict=lambda output: write_predictions(
-            output, raw["test"], roles["test"], tokenizer, Path(training_args.output_dir)
+            output, raw["test"], chat_columns["test"], tokenizer, references, task_args, Path(training_args.output_dir)
         ),
     )
 

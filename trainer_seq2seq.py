@@ -23,41 +23,22 @@ from training import FileOrderEvaluation
 
 logger = logging.getLogger(__name__)
 
-# Tokens that end an assistant turn in common chat templates (Qwen, Llama 3, GLM-4, Phi, Mistral, Baichuan...)
-CHAT_END_TOKENS = (
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|end_of_text|>",
-    "<|user|>",
-    "<|observation|>",
-    "<|end|>",
-    "</s>",
-    "<eos>",
-    "<end_of_turn>",
-)
 
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """eos plus every chat end-of-turn token the vocabulary has, so generation stops at the end of an answer."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[token] for token in CHAT_END_TOKENS if token in vocab]
-    return list(dict.fromkeys(ids))
-
-
-def build_generation_config(gen_args, tokenizer, model, default_max_new_tokens: int) -> GenerationConfig:
-    """Greedy unless --do_sample / --num_beams say otherwise; stops at eos and chat end tokens."""
+def build_generation_config(
+    generation_args, stop_ids: list[int], pad_token_id: int, model, default_max_new_tokens: int
+) -> GenerationConfig:
+    """Greedy unless --do_sample / --num_beams say otherwise; stops at any of `stop_ids` (eos, end-of-turn tokens)."""
     config = GenerationConfig(
-        max_new_tokens=gen_args.max_new_tokens or default_max_new_tokens,
-        num_beams=gen_args.num_beams,
-        do_sample=gen_args.do_sample,
-        repetition_penalty=gen_args.repetition_penalty,
-        eos_token_id=stop_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=generation_args.max_new_tokens or default_max_new_tokens,
+        num_beams=generation_args.num_beams,
+        do_sample=generation_args.do_sample,
+        repetition_penalty=generation_args.repetition_penalty,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_token_id,
     )
-    if gen_args.do_sample:  # set only when sampling: greedy with a temperature set is a warning in transformers
-        config.temperature, config.top_p, config.top_k = gen_args.temperature, gen_args.top_p, gen_args.top_k
+    if generation_args.do_sample:  # set only when sampling: greedy with a temperature set is a warning in transformers
+        config.temperature = generation_args.temperature
+        config.top_p, config.top_k = generation_args.top_p, generation_args.top_k
     if model.config.is_encoder_decoder:
         config.decoder_start_token_id = model.config.decoder_start_token_id
     return config
@@ -73,13 +54,16 @@ class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.generation_settings is not None and not gen_kwargs:
             gen_kwargs = {"generation_config": self.generation_settings}
-        if "prompt_ids" not in inputs:  # encoder-decoder, or a teacher-forced-only eval set
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-
         inputs = dict(inputs)
+        rows = inputs.pop("row", None)  # which data row each example is: the labels handed to compute_metrics
+        if "prompt_ids" not in inputs:  # encoder-decoder, or a teacher-forced-only eval set
+            loss, generated, labels = super().prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+            )
+            return loss, generated, rows[:, None] if rows is not None and generated is not None else labels
+
         prompt_ids = inputs.pop("prompt_ids")
         prompt_mask = inputs.pop("prompt_attention_mask")
-        references = inputs.pop("reference_ids", None)
         loss = None
         if "labels" in inputs:
             loss, _, _ = transformers.Trainer.prediction_step(
@@ -96,7 +80,7 @@ class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), **gen_kwargs
             )
         generated = generated[:, prompt_ids.shape[1] :]
-        return loss, generated, references.to(device) if references is not None else None
+        return loss, generated, rows[:, None].to(device) if rows is not None else None
 
     def evaluation_loop(self, *args, **kwargs):
         # transformers' Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples the

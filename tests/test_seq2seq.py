@@ -1,4 +1,4 @@
-"""run_seq2seq_ptuning.py: prompt building with literal ids, argument errors, end-to-end P-Tuning / LoRA / full."""
+"""run_seq2seq_ptuning.py end to end: P-Tuning / LoRA / full, multi-turn, argument errors (prompts: test_chat_format)."""
 
 import importlib.util
 import json
@@ -9,87 +9,6 @@ from helpers import to_argv
 
 import run_seq2seq_ptuning as s2s
 from metrics import rouge_bleu
-from trainer_seq2seq import stop_token_ids
-
-
-class CharTokenizer:
-    """Each character is its code point: prompt ids can be written down literally."""
-
-    bos_token_id, eos_token_id, chat_template = None, 2, None
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-
-def ids(text: str) -> list[int]:
-    return [ord(c) for c in text]
-
-
-# ---- prompt building, truncation, label masking ---------------------------------------------------------------
-
-
-def test_chatglm2_prompt_format():
-    assert s2s.chatglm2_prompt("你好", []) == "[Round 1]\n\n问：你好\n\n答："
-    assert s2s.chatglm2_prompt("多少钱？", [("有红色吗", "有的")]) == (
-        "[Round 1]\n\n问：有红色吗\n\n答：有的\n\n[Round 2]\n\n问：多少钱？\n\n答："
-    )
-
-
-def test_prompt_and_response_ids_with_literal_ids():
-    builder = s2s.PromptBuilder(CharTokenizer(), "广告：", 100, 6, encoder_decoder=False)
-    prompt, dropped, cut = builder.prompt_ids("裙", [])
-    assert prompt == ids("广告：[Round 1]\n\n问：裙\n\n答：") and (dropped, cut) == (0, False)
-    response, truncated = builder.response_ids("红色连衣裙很好看")
-    # max_target_length 6 includes the eos (id 2): five response characters survive
-    assert response == [*ids("红色连衣裙"), 2] and truncated
-    assert s2s.training_features(prompt, response)["labels"] == [-100] * len(prompt) + response
-
-
-def test_history_is_cut_oldest_turn_first():
-    history = [("第一问", "第一答"), ("第二问", "第二答")]
-    newest_only = s2s.chatglm2_prompt("第三问", history[1:])
-    builder = s2s.PromptBuilder(CharTokenizer(), "", len(newest_only), 8, encoder_decoder=False)
-    prompt, dropped, cut = builder.prompt_ids("第三问", history)
-    assert prompt == ids(newest_only) and dropped == 1 and not cut
-
-
-def test_an_overlong_prompt_keeps_its_end():
-    builder = s2s.PromptBuilder(CharTokenizer(), "", 6, 8, encoder_decoder=False)
-    prompt, dropped, cut = builder.prompt_ids("一二三四五六七八九", [("早先的问题", "早先的回答")])
-    # every turn is dropped, then the start of the prompt: the question's end and "答：" remain
-    assert prompt == ids("八九\n\n答：") and dropped == 1 and cut
-
-
-def test_read_history():
-    assert s2s.read_history(None) == []
-    assert s2s.read_history([["问", "答"]]) == [("问", "答")]
-    assert s2s.read_history('[["问", "答"]]') == [("问", "答")]  # csv cells hold JSON text
-    assert s2s.read_history([["只有问题"]]) is None
-    assert s2s.read_history("not json") is None
-
-
-def test_chat_template_prompt_and_end_tokens(demo_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    builder = s2s.PromptBuilder(tokenizer, "", 200, 50, encoder_decoder=False)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert builder.use_template and builder.end_ids == [im_end]
-    text = builder.prompt_text("多少钱", [("有红色吗", "有的")])
-    assert text == (
-        "<|im_start|>user\n有红色吗<|im_end|>\n<|im_start|>assistant\n有的<|im_end|>\n"
-        "<|im_start|>user\n多少钱<|im_end|>\n<|im_start|>assistant\n"
-    )
-    response, _ = builder.response_ids("九十九元")
-    assert response[-1] == im_end
-    assert im_end in stop_token_ids(tokenizer) and tokenizer.eos_token_id in stop_token_ids(tokenizer)
-
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 
