@@ -375,7 +375,8 @@ def weight_files(src: Path) -> list[Path]:
                 raise ConversionError(f"{path} names shards that are not in {src}: {', '.join(missing)}.")
             return [src / s for s in shards]
         return [path]
-    found = ", ".join(sorted(p.name for p in src.iterdir() if p.suffix in (".bin", ".safetensors", ".pt", ".json")))
+    weightish = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".gguf")
+    found = ", ".join(sorted(p.name for p in src.iterdir() if p.suffix in weightish or p.name.endswith(".index.json")))
     raise ConversionError(
         f"{src} has none of {', '.join(WEIGHT_FILES)} (weight-like files found: {found or 'none'}). Give the folder "
         "holding the checkpoint's weights."

@@ -110,18 +110,9 @@ def test_converted_folder_loads_as_native_glm(converted, family):
     model = AutoModelForCausalLM.from_pretrained(native, trust_remote_code=False)
     assert type(model) is GlmForCausalLM
     config = model.config
-    assert (config.model_type, config.vocab_size, config.hidden_size, config.intermediate_size) == (
-        "glm",
-        65024,
-        64,
-        128,
-    )
-    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (
-        2,
-        4,
-        2,
-        16,
-    )
+    wanted = {"model_type": "glm", "vocab_size": 65024, "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+    assert {k: getattr(config, k) for k in wanted} == wanted
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
     assert config.attention_bias and not config.tie_word_embeddings
     assert (config.max_position_embeddings, config.rms_norm_eps, config.pad_token_id) == (1024, 1e-5, 0)
