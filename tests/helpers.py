@@ -1,4 +1,14 @@
-"""Small helpers shared by the end-to-end tests."""
+"""Small helpers shared by the tests: argv from a dict, the real models in ../shared, tiny ChatGLM checkpoints."""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+# the real tokenizers, templates and configs of the chat models users train (absent in a user's fresh clone)
+MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
 def to_argv(args: dict) -> list[str]:
@@ -10,3 +20,57 @@ def to_argv(args: dict) -> list[str]:
         elif value is not None:
             argv += [f"--{key}", str(value)]
     return argv
+
+
+def chatglm_weights(config: dict, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Random tensors with ChatGLM2/3's names and shapes for `config` (what THUDM's save_pretrained writes)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden, heads, head_dim = config["hidden_size"], config["num_attention_heads"], config["kv_channels"]
+    groups = config["multi_query_group_num"] if config["multi_query_attention"] else heads
+    shapes = {"transformer.embedding.word_embeddings.weight": (config["padded_vocab_size"], hidden)}
+    for n in range(config["num_layers"]):
+        prefix = f"transformer.encoder.layers.{n}."
+        shapes |= {
+            prefix + "input_layernorm.weight": (hidden,),
+            prefix + "self_attention.query_key_value.weight": ((heads + 2 * groups) * head_dim, hidden),
+            prefix + "self_attention.query_key_value.bias": ((heads + 2 * groups) * head_dim,),
+            prefix + "self_attention.dense.weight": (hidden, heads * head_dim),
+            prefix + "post_attention_layernorm.weight": (hidden,),
+            prefix + "mlp.dense_h_to_4h.weight": (2 * config["ffn_hidden_size"], hidden),
+            prefix + "mlp.dense_4h_to_h.weight": (hidden, config["ffn_hidden_size"]),
+        }
+    shapes["transformer.encoder.final_layernorm.weight"] = (hidden,)
+    shapes["transformer.output_layer.weight"] = (config["padded_vocab_size"], hidden)
+    weights = {name: (torch.randn(shape, generator=generator) * 0.1).to(dtype) for name, shape in shapes.items()}
+    weights["transformer.rotary_pos_emb.inv_freq"] = 1.0 / 10000 ** (
+        torch.arange(0, head_dim // 2, 2) / (head_dim // 2)
+    )
+    return weights
+
+
+def make_checkpoint(
+    path: Path, family: str, layout: str = "safetensors", changes: dict | None = None, dtype=torch.float32, extra=None
+) -> dict[str, torch.Tensor]:
+    """A ChatGLM checkpoint folder: THUDM's tokenizer files and tiny config, random weights; returns the weights.
+
+    layout: "safetensors" (one file) or "bin-index" (three pytorch_model-*.bin shards and their index json).
+    """
+    path.mkdir(parents=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "tokenization_chatglm.py"):
+        shutil.copy(MODELS / family / name, path / name)
+    config = json.loads((MODELS / family / "config_tiny.json").read_text(encoding="utf-8")) | (changes or {})
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    weights = chatglm_weights(config, dtype=dtype) | (extra or {})
+    if layout == "safetensors":
+        save_file(weights, str(path / "model.safetensors"))
+        return weights
+    names = list(weights)
+    shards = [names[:1], names[1:-2], names[-2:]]
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        filename = f"pytorch_model-{i:05d}-of-00003.bin"
+        torch.save({k: weights[k] for k in shard}, path / filename)
+        weight_map |= dict.fromkeys(shard, filename)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps(index), encoding="utf-8")
+    return weights

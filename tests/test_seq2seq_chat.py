@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import to_argv
+from helpers import MODELS, make_checkpoint, to_argv
 from peft import PeftModel
 from score_predictions import score_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import run_seq2seq_ptuning as s2s
 from chat_format import ChatFormat
+from convert_chatglm import convert
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason=f"the real tokenizers are not here: {MODELS} is missing")
 pytestmark = pytest.mark.slow
 
@@ -57,13 +57,13 @@ def run(model_dir: Path, train: Path, validation: Path, output_dir: Path, **extr
 
 def test_messages_data_learns_every_answer_and_keeps_the_conversation(demo_dir, tmp_path):
     chat = demo_dir / "data" / "chat"
-    train = write_messages(chat / "train.jsonl", tmp_path / "train.jsonl")
+    train = write_messages(chat / "train.jsonl", tmp_path / "train.jsonl", limit=160)
     validation = write_messages(chat / "validation.jsonl", tmp_path / "validation.jsonl", limit=16)
     results = run(
         demo_dir / "models" / "llama-tiny-sft-zh", train, validation, tmp_path / "out",
-        num_train_epochs=12, learning_rate=3e-3, max_new_tokens=32,
+        num_train_epochs=12, learning_rate=5e-3, max_new_tokens=32, per_device_train_batch_size=16,
     )  # fmt: skip
-    assert results["eval_rouge-l"] > 80  # the prices and colours are learned (untrained: 0)
+    assert results["eval_rouge-l"] > 70  # the answers are learned (86.8 here; 0 untrained)
     lines = [json.loads(line) for line in (tmp_path / "out" / "generated_predictions.jsonl").open(encoding="utf-8")]
     assert [m["role"] for m in lines[0]["messages"]][:2] == ["system", "user"] and "label" in lines[0]
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -83,22 +83,29 @@ def test_sharegpt_data_trains_with_loss_on_every_answer(demo_dir, tmp_path):
 
 
 FAMILIES = {
-    # folder: (the learned answer text of a one-turn conversation, as the family's template renders it)
+    # folder: the learned answer of a one-turn conversation, as the family's own format renders it
     "qwen2.5-instruct": "答：259元。<|im_end|>",
     "qwen3": "<think>\n\n</think>\n\n答：259元。<|im_end|>",
     "qwen3-thinking-2507": "\n</think>\n\n答：259元。<|im_end|>",
+    "chatglm2": "答：259元。</s>",  # the ids start with "▁" (ChatGLM encodes the answer on its own); decode drops it
+    "chatglm3": "\n 答：259元。</s>",
 }
 
 
 def tiny_model_of(family: str, out: Path) -> Path:
-    """A random model from the family's tiny config, saved next to its real tokenizer and generation config."""
+    """A random model from the family's tiny config, saved next to its real tokenizer and generation config.
+
+    ChatGLM checkpoints are built with ChatGLM's weight names and converted, as a user converts THUDM's.
+    """
+    if family.startswith("chatglm"):
+        make_checkpoint(out.with_name(family), family)
+        return convert(out.with_name(family), out)
     source = MODELS / family
-    out.mkdir()
-    for file in source.iterdir():
-        if file.suffix in (".json", ".jinja", ".txt") and file.name != "SOURCES.txt":
-            shutil.copy(file, out / file.name)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).save_pretrained(out)
+    for file in source.iterdir():  # after the weights: the real generation_config.json, with all its stop ids
+        if file.suffix in (".json", ".jinja", ".txt") and file.name != "SOURCES.txt":
+            shutil.copy(file, out / file.name)
     return out
 
 
@@ -132,3 +139,27 @@ def test_every_family_trains_evaluates_by_generation_and_reloads(family, finetun
     # the data's answer, learned with the family's own end-of-turn text
     learned = ChatFormat(tokenizer, {}, expected_stops).encode(rows[0]["messages"], True, 64, 32)
     assert tokenizer.decode([i for i in learned.labels if i != -100]) == FAMILIES[family]
+
+
+@needs_models
+@pytest.mark.parametrize("family", ["chatglm2", "chatglm3"])
+def test_the_seeds_ptuning_argument_file_runs_on_a_converted_chatglm(family, tmp_path, demo_dir):
+    """ChatGLM's P-Tuning walkthrough: its argument file as written, model and data pointed at local files."""
+    seed = MODELS.parent / "seeds" / "ptuning_args.json"
+    if not seed.is_file():
+        pytest.skip(f"{seed} is missing")
+    model_dir = tiny_model_of(family, tmp_path / "native")
+    adgen = demo_dir / "data" / "adgen"
+    results = s2s.main(
+        [
+            str(seed), "--model_name_or_path", str(model_dir), "--train_file", str(adgen / "train.jsonl"),
+            "--validation_file", str(adgen / "validation.jsonl"), "--output_dir", str(tmp_path / "out"),
+            "--finetuning_type", "ptuning", "--pre_seq_len", "8", "--max_steps", "2", "--max_train_samples", "32",
+            "--do_eval", "--max_eval_samples", "2", "--max_new_tokens", "4", "--report_to", "none", "--use_cpu",
+        ]
+    )  # fmt: skip
+    assert results["train_samples"] == 32 and "eval_rouge-l" in results
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text(encoding="utf-8"))
+    assert saved["peft_type"] == "PREFIX_TUNING" and saved["num_virtual_tokens"] == 8
+    stops = {"chatglm2": [2], "chatglm3": [2, 64795, 64797]}[family]  # </s>; ChatGLM3 also <|user|>, <|observation|>
+    assert GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == stops
