@@ -139,3 +139,21 @@ def test_image_data_problems_name_the_flag(tmp_path):
         f"--image_root '{tmp_path / 'nope'}' is not a directory.",
         f"--image_cache_dir '{train}' exists and is not a directory.",
     ]
+
+
+def test_unconverted_chatglm_checkpoints_are_refused_with_the_converter_command(tmp_path, train_csv):
+    folder = tmp_path / "chatglm3-6b"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "chatglm", "num_layers": 28}', encoding="utf-8")
+    [problem] = problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path=str(folder))
+    assert "THUDM's remote code, which does not run on transformers 5" in problem
+    assert problem.endswith(f"python scripts/convert_chatglm.py {folder} chatglm3-6b-native")
+    # hub ids of the remote-code repositories: download first, then convert; the native -hf ones pass
+    [problem] = problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="THUDM/chatglm2-6b")
+    assert "hf download THUDM/chatglm2-6b --local-dir chatglm2-6b && python scripts/convert_chatglm.py" in problem
+    assert problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="THUDM/glm-4-9b-chat-hf") == []
+    tokenizer_only = tmp_path / "tok"
+    tokenizer_only.mkdir()
+    (tokenizer_only / "tokenizer_config.json").write_text('{"tokenizer_class": "ChatGLMTokenizer"}', encoding="utf-8")
+    [problem] = problems_of(tmp_path, do_train=True, train_file=train_csv, tokenizer_name=str(tokenizer_only))
+    assert problem.startswith(f"--tokenizer_name '{tokenizer_only}' is a ChatGLM checkpoint")
