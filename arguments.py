@@ -167,6 +167,9 @@ def finetuning_problems(args: FinetuningArguments, allowed: tuple[str, ...]) -> 
         problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}.")
     if args.pre_seq_len is not None and args.pre_seq_len < 1:
         problems.append(f"--pre_seq_len must be at least 1, got {args.pre_seq_len}.")
+    given = [f"--{n}" for n in ("pre_seq_len", "prefix_projection", "prefix_hidden_size") if getattr(args, n)]
+    if "ptuning" not in allowed and given:
+        problems.append(f"{', '.join(given)} set P-Tuning v2, which this script does not train; drop them.")
     return problems
 
 

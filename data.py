@@ -157,6 +157,19 @@ def open_data_stream(files: list[str], arg_name: str, encoding: str = "utf-8") -
     return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
 
 
+def stream_columns(files: list[str], arg_name: str, encoding: str = "utf-8") -> list[str]:
+    """The column names of the files, from their first row (streamed txt files have no schema until one is read)."""
+    try:
+        first = next(iter(open_data_stream(files, arg_name, encoding).take(1)), None)
+    except ValueError:
+        raise
+    except Exception as exc:  # datasets / pyarrow parse errors
+        raise read_error(exc, files, arg_name, encoding) from exc
+    if first is None:
+        raise ValueError(f"`--{arg_name}` ({', '.join(files[:3])}) holds no rows.")
+    return list(first)
+
+
 def wants_evaluation(training_args) -> bool:
     """--do_eval, or an evaluation strategy that evaluates while training."""
     return training_args.do_eval or str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")

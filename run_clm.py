@@ -36,7 +36,7 @@ from arguments import (
     finetuning_problems,
     raise_if_problems,
 )
-from data import find_column, open_data_stream, read_error, resolve_data_files, take_first
+from data import find_column, resolve_data_files, stream_columns, take_first
 from launch import prepare_launch
 from metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
 from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks, pack_in_memory
@@ -142,13 +142,13 @@ def argument_problems(model_args, data_args, finetuning_args, task_args, trainin
             "--streaming reads the corpus as a stream of unknown length, so the run length must be given in "
             "steps: pass --max_steps N (tokens trained = N x batch size x GPUs x --block_size)."
         )
-    for name, minimum in (("streaming_validation_documents", 1), ("shuffle_buffer_size", 0)):
+    for name, minimum in (
+        ("streaming_validation_documents", 1),
+        ("shuffle_buffer_size", 0),
+        ("sample_max_new_tokens", 0),
+    ):
         if getattr(task_args, name) < minimum:
             problems.append(f"--{name} must be at least {minimum}, got {getattr(task_args, name)}.")
-    if task_args.sample_max_new_tokens < 0:
-        problems.append(
-            f"--sample_max_new_tokens must be 0 (no samples) or more, got {task_args.sample_max_new_tokens}."
-        )
     if training_args.do_predict:
         problems.append(
             "run_clm.py has no prediction step; to score a test corpus pass it as --validation_file with --do_eval."
@@ -178,14 +178,7 @@ def find_text_sources(data_args, training_args) -> dict[str, tuple[list[str], st
         sources["validation"] = (resolve_data_files(data_args.validation_file, "validation_file"), "validation_file")
     found = {}
     for split, (files, arg_name) in sources.items():
-        stream = open_data_stream(files, arg_name, data_args.file_encoding)
-        try:  # streamed txt files have no schema until a row is read
-            first = next(iter(stream.take(1)), None)
-        except Exception as exc:
-            raise read_error(exc, files, arg_name, data_args.file_encoding) from exc
-        if first is None:
-            raise ValueError(f"`--{arg_name}` ({', '.join(files[:3])}) holds no rows.")
-        columns = SimpleNamespace(column_names=list(first))
+        columns = SimpleNamespace(column_names=stream_columns(files, arg_name, data_args.file_encoding))
         found[split] = (
             files,
             arg_name,
@@ -384,15 +377,12 @@ def generate_samples(model, tokenizer, prompts: list[str], start_id: int, max_ne
     for prompt in prompts:
         ids = [start_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         input_ids = torch.tensor([ids], device=model.device)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.no_grad():
             output = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            )  # fmt: skip
         new_ids = output[0, len(ids) :].tolist()
         stopped = tokenizer.eos_token_id in new_ids
         text = strip_tokenizer_spaces(tokenizer.decode(new_ids, skip_special_tokens=True))
