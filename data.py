@@ -175,6 +175,12 @@ def wants_evaluation(training_args) -> bool:
     return training_args.do_eval or str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
 
 
+def needs_validation_split(splits, data_args, training_args) -> bool:
+    """Evaluation is wanted, there is training data but no --validation_file: part of train is held out."""
+    wanted = wants_evaluation(training_args) and data_args.validation_split_percentage > 0
+    return wanted and "validation" not in splits and "train" in splits
+
+
 def load_raw_datasets(data_args, training_args, cache_dir: str | None = None) -> DatasetDict:
     """Load the train / validation / test files that were given, carving validation from train if needed."""
     raw = DatasetDict()
@@ -184,12 +190,7 @@ def load_raw_datasets(data_args, training_args, cache_dir: str | None = None) ->
             files = resolve_data_files(spec, arg_name)
             raw[split] = load_data_files(files, arg_name, data_args.file_encoding, cache_dir)
             logger.info("Loaded %d %s rows from %d file(s): %s", len(raw[split]), split, len(files), files[:3])
-    if (
-        wants_evaluation(training_args)
-        and "validation" not in raw
-        and "train" in raw
-        and data_args.validation_split_percentage > 0
-    ):
+    if needs_validation_split(raw, data_args, training_args):
         raw["train"], raw["validation"] = carve_validation_split(
             raw["train"], data_args.validation_split_percentage, training_args.seed
         )

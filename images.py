@@ -31,9 +31,9 @@ from data import (
     find_column,
     is_blank,
     load_data_files,
+    needs_validation_split,
     resolve_data_files,
     sample_limits,
-    wants_evaluation,
 )
 
 logger = logging.getLogger(__name__)
@@ -300,12 +300,7 @@ def load_image_text_rows(
             bases = list(dict.fromkeys(Path(f).resolve().parent for f in files))
         pairs[split] = image_caption_pairs(raw, split, image_args, bases, split in captions_optional)
 
-    if (
-        wants_evaluation(training_args)
-        and "validation" not in pairs
-        and "train" in pairs
-        and data_args.validation_split_percentage > 0
-    ):
+    if needs_validation_split(pairs, data_args, training_args):
         pairs["train"], pairs["validation"] = _hold_out_images(
             pairs["train"], data_args.validation_split_percentage, training_args.seed
         )

@@ -151,7 +151,9 @@ def test_unconverted_chatglm_checkpoints_are_refused_with_the_converter_command(
     # hub ids of the remote-code repositories: download first, then convert; the native -hf ones pass
     [problem] = problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="THUDM/chatglm2-6b")
     assert "hf download THUDM/chatglm2-6b --local-dir chatglm2-6b && python scripts/convert_chatglm.py" in problem
-    assert problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="THUDM/glm-4-9b-chat-hf") == []
+    assert (
+        problems_of(tmp_path, do_train=True, train_file=train_csv, model_name_or_path="THUDM/glm-4-9b-chat-hf") == []
+    )
     tokenizer_only = tmp_path / "tok"
     tokenizer_only.mkdir()
     (tokenizer_only / "tokenizer_config.json").write_text('{"tokenizer_class": "ChatGLMTokenizer"}', encoding="utf-8")
