@@ -230,6 +230,7 @@ class WaveEngine:
         self.live: set[str] = set()
         self.condition = threading.Condition()
         self.running, self.error = True, None
+        self.waves, self.regroups = 0, 0  # counts, for /metrics and the tests
         self.device = next(model.parameters()).device
         self.worker = threading.Thread(target=self._work, name="wave-engine", daemon=True)
         self.worker.start()
@@ -306,8 +307,9 @@ class WaveEngine:
                 bookkeeper = None
             with self.condition:
                 unfinished = [r for r in rows if not r.done and r.request.request_id not in self.cancelled]
+                self.waves += 1
                 if bookkeeper is not None and bookkeeper.regrouped:
-                    self.carried = unfinished
+                    self.carried, self.regroups = unfinished, self.regroups + 1
                 else:  # generate stopped at its own length limit with rows left (it cannot): fail them
                     for row in unfinished:
                         row.request.deliver([], True, "generation ended early")
