@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
         "--batching", default="auto", choices=["auto", "continuous", "waves"],
-        help="auto: transformers' continuous batching for decoder-only models (full or LoRA), our waves for "
-        "P-Tuning and encoder-decoder models. waves: ours for every model (per-request `seed`).",
+        help="auto: transformers' continuous batching for decoder-only models (full or LoRA) on a GPU, our waves "
+        "on CPU and for P-Tuning and encoder-decoder models (batching.py says why). continuous / waves: force one.",
     )  # fmt: skip
     parser.add_argument("--max_batch_size", type=int, default=16, help="Requests generated together, at most.")
     parser.add_argument(
@@ -75,7 +75,7 @@ def start_engine(served: Served, args):
     cannot = "P-Tuning adapters" if prefix else "encoder-decoder models" if served.encoder_decoder else None
     if args.batching == "continuous" and cannot:
         raise ServeError(f"--batching continuous cannot serve {cannot} (see batching.py); use --batching auto")
-    if args.batching == "waves" or cannot:
+    if args.batching == "waves" or cannot or (args.batching == "auto" and not args.device.startswith("cuda")):
         return WaveEngine(served.model, pad_id_of(served), args.max_batch_size)
     model = served.model.get_base_model() if served.kind.adapter else served.model  # LoRA layers stay injected
     context = min(served.context or 1 << 30, args.max_prompt_tokens + args.max_tokens)

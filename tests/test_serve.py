@@ -41,7 +41,8 @@ def chat_dir(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chat_server(chat_dir):
-    with live_server(chat_dir) as server:
+    """transformers' continuous batching (serve.py's choice on a GPU), here on CPU."""
+    with live_server(chat_dir, "--batching", "continuous") as server:
         yield server
 
 
