@@ -296,6 +296,31 @@ def test_adapter_folder_names_its_base(chat_dir, tmp_path):
     assert describe_folder(folder, base_model="/elsewhere/base").model_path == "/elsewhere/base"
 
 
+@pytest.mark.slow
+def test_adapters_unmerged_and_a_seq2seq_model_over_http(chat_dir, demo_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    t5 = tmp_path / "t5"
+    AutoModelForSeq2SeqLM.from_pretrained(demo_dir / "models" / "t5-tiny-zh").save_pretrained(t5)
+    AutoTokenizer.from_pretrained(demo_dir / "models" / "t5-tiny-zh").save_pretrained(t5)
+    folders = {kind: adapter_folder(chat_dir, tmp_path / kind, kind) for kind in ("lora", "ptuning")} | {"t5": t5}
+    for kind, folder in folders.items():
+        with live_server(folder) as (url, state):
+            served = state.served
+            prompt = served.chat_prompt_ids(QUESTION)
+            if kind == "t5":
+                model = AutoModelForSeq2SeqLM.from_pretrained(t5).eval()
+            else:
+                model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(chat_dir), folder).eval()
+            expected = served.decode(greedy_ids(model, prompt, 12, served.stop_ids))
+            got = client(url).chat.completions.create(model=folder.name, messages=QUESTION, max_tokens=12)
+            assert got.choices[0].message.content == expected, kind
+            assert httpx.get(url + "/health").json()["engine"] == "waves"  # serve.py's choice on CPU
+    with pytest.raises(ServeError, match="--batching continuous cannot serve P-Tuning adapters"):
+        serve.load(serve.parse_args([str(folders["ptuning"]), "--device", "cpu", "--batching", "continuous"]))
+
+
 def test_terminal_chat_keeps_history_and_clears_it(chat_dir):
     args = serve.parse_args([str(chat_dir), "--device", "cpu", "--max_tokens", "6", "--batching", "waves"])
     served, engine = serve.load(args)
