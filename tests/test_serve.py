@@ -321,6 +321,19 @@ def test_adapters_unmerged_and_a_seq2seq_model_over_http(chat_dir, demo_dir, tmp
         serve.load(serve.parse_args([str(folders["ptuning"]), "--device", "cpu", "--batching", "continuous"]))
 
 
+def test_a_causal_lm_without_chat_template_serves_completions(demo_dir):
+    """What run_clm.py saves: no chat template, so completions only, and the page is a completion box."""
+    with live_server(demo_dir / "models" / "llama-tiny-zh", "--batching", "waves") as (url, state):
+        served = state.served
+        response = httpx.post(url + "/v1/chat/completions", json={"messages": QUESTION})
+        assert response.status_code == 400 and "--template NAME" in error_of(response)
+        text = client(url).completions.create(model=served.name, prompt="今天", max_tokens=5).choices[0].text
+        prompt = served.completion_prompt_ids("今天")
+        assert prompt[0] == served.tokenizer.bos_token_id  # a Llama tokenizer: bos first, as run_clm packs
+        assert text == served.decode(greedy_ids(served.model, prompt, 5, served.stop_ids))
+        assert '"task": "completion"' in httpx.get(url + "/").text
+
+
 def test_terminal_chat_keeps_history_and_clears_it(chat_dir):
     args = serve.parse_args([str(chat_dir), "--device", "cpu", "--max_tokens", "6", "--batching", "waves"])
     served, engine = serve.load(args)
@@ -370,9 +383,14 @@ BROWSER_FLAGS = [
 
 
 @pytest.mark.slow
-def test_web_pages_in_a_real_browser(chat_server, demo_dir, tmp_path):
+def test_web_pages_in_a_real_browser(chat_dir, demo_dir, tmp_path):
     sync_playwright = chromium_or_skip()
-    url, state = chat_server
+    with live_server(chat_dir, "--max_tokens", "24") as (url, state):
+        check_pages(sync_playwright, url, state, demo_dir, tmp_path)
+
+
+def check_pages(sync_playwright, url, state, demo_dir, tmp_path):
+    """Type a message and see the answer stream in; upload an image and see its caption."""
     served = state.served
     prompt = served.chat_prompt_ids(QUESTION)
     max_tokens = min(state.args.max_tokens, served.context - len(prompt))  # the page leaves max_tokens out
@@ -446,29 +464,28 @@ def test_load_concurrent_streams_and_malformed_requests(chat_server):
 
 
 @pytest.mark.slow
-def test_the_script_serves_over_http_and_chats_in_the_terminal(chat_dir):
+def test_the_script_serves_over_http(chat_dir):
     port = free_port()
-    command = [sys.executable, str(ROOT / "serve.py"), str(chat_dir), "--device", "cpu", "--batching", "waves"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    command = [sys.executable, str(ROOT / "serve.py"), str(chat_dir), "--device", "cpu", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for(lambda: port_open(port) or server.poll() is not None, 120) and server.poll() is None
-        answer = client(f"http://127.0.0.1:{port}").chat.completions.create(model=chat_dir.name, messages=QUESTION)
+        answer = client(f"http://127.0.0.1:{port}").chat.completions.create(
+            model=chat_dir.name, messages=QUESTION, max_tokens=8
+        )
         assert answer.choices[0].finish_reason in ("stop", "length")
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert server.returncode in (0, -15) and "Traceback" not in output  # uvicorn exits with the signal it got
     assert f"on http://127.0.0.1:{port}" in output
-    chat = subprocess.run(
-        [*command, "--chat", "--max_tokens", "8"],
-        input="你好\nclear\nexit\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert chat.returncode == 0 and "(history cleared)" in chat.stdout and chat.stdout.count("> ") == 1
+
+
+def test_the_script_chats_in_the_terminal(chat_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("你好\nclear\nexit\n"))
+    assert serve.main([str(chat_dir), "--chat", "--device", "cpu", "--max_tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "(history cleared)" in out and out.count("> ") == 1
 
 
 def port_open(port: int) -> bool:
