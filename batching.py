@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 # The manager's sampling switch is one setting for all requests: it samples, and a greedy request gets a
 # temperature so low that the softmax is one-hot on the argmax (checked: the same ids as greedy `generate`).
 GREEDY_TEMPERATURE = 1e-5
+SEED_REFUSAL = (
+    "`seed` is not supported by continuous batching (one generator samples every request); start the server with "
+    "--batching waves to sample reproducibly per request"
+)
 
 
 @dataclass
@@ -56,7 +60,7 @@ class GenerationRequest:
 class ContinuousEngine:
     """transformers' continuous-batching manager behind the `submit` / `cancel` interface."""
 
-    name = "continuous"
+    name, per_request_seed = "continuous", False
 
     def __init__(self, model, stop_ids: list[int], pad_id: int, max_batch_size: int, max_context: int, seed: int):
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -88,10 +92,7 @@ class ContinuousEngine:
 
     def submit(self, request: GenerationRequest) -> None:
         if request.seed is not None and request.temperature > 0:
-            raise ValueError(
-                "`seed` is not supported by continuous batching (one generator samples every request); start the "
-                "server with --batching waves to sample reproducibly per request"
-            )
+            raise ValueError(SEED_REFUSAL)
         with self.lock:
             self.requests[request.request_id], self.sent[request.request_id] = request, 0
         added = self.manager.add_request(

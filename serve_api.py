@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batching import GenerationRequest
+from batching import SEED_REFUSAL, GenerationRequest
 from serve_tasks import TASK_ROUTES, Strict
 from served_model import Served, ServeError, TextStream
 
@@ -205,7 +205,7 @@ class ServerState:
     def take_slot(self) -> None:
         with self.lock:
             if self.in_flight >= self.args.max_concurrent_requests:
-                raise ApiError(429, f"too many requests in flight (--max_concurrent_requests {self.in_flight}); retry")
+                raise ApiError(429, f"too many requests in flight (--max_concurrent_requests {self.args.max_concurrent_requests}); retry")
             self.in_flight += 1
 
     def free_slot(self) -> None:
@@ -263,6 +263,8 @@ def generation_settings(state: ServerState, body: GenerationBody, prompt_ids: li
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 16:
         raise ApiError(400, "at most 16 stop strings", "stop")
+    if body.seed is not None and (body.temperature or 0) > 0 and not getattr(state.engine, "per_request_seed", True):
+        raise ApiError(400, SEED_REFUSAL, "seed")  # before a stream starts: a refusal mid-stream would be no 400
     defaults = served.generation_defaults
     temperature = defaults["temperature"] if body.temperature is None else body.temperature
     top_p = defaults["top_p"] if body.top_p is None else body.top_p

@@ -123,6 +123,11 @@ def test_bad_requests_are_4xx_in_openai_shape(chat_server):
         ({"model": "gpt-4", "messages": QUESTION}, 404, "`gpt-4` is not served here"),
         ({"model": name, "messages": QUESTION, "max_tokens": 600}, 400, "over this server's limit"),
         ({"model": name, "messages": QUESTION, "seed": 1, "temperature": 1.0}, 400, "--batching waves"),
+        (
+            {"model": name, "messages": QUESTION, "seed": 1, "temperature": 1.0, "stream": True},
+            400,
+            "--batching waves",
+        ),
     ]
     for body, status, message in cases:
         response = post(body)
