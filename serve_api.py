@@ -205,7 +205,10 @@ class ServerState:
     def take_slot(self) -> None:
         with self.lock:
             if self.in_flight >= self.args.max_concurrent_requests:
-                raise ApiError(429, f"too many requests in flight (--max_concurrent_requests {self.args.max_concurrent_requests}); retry")
+                raise ApiError(
+                    429,
+                    f"too many requests in flight (--max_concurrent_requests {self.args.max_concurrent_requests}); retry",
+                )
             self.in_flight += 1
 
     def free_slot(self) -> None:
