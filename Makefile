@@ -2,6 +2,7 @@
 # make demo      generate demo data and tiny models, run every task, print one results table
 # make test      lint + the whole test-suite (what CI runs)
 # make test-fast lint + the unit tier and the doctests (under a minute)
+# make serve     after make demo: the demo's chat model on http://127.0.0.1:8000 (API + web page)
 # make style     format and auto-fix;  make quality  check only
 
 VENV ?= .venv
@@ -11,7 +12,7 @@ DEEPSPEED_VERSION ?= 0.19.8
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev demo test test-fast style quality clean
+.PHONY: install install-dev demo serve test test-fast style quality clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,6 +40,10 @@ install-dev: $(DEV_STAMP)
 demo: install
 	$(PY) scripts/make_demo_data.py --output_dir demo
 	$(PY) scripts/run_demo.py
+
+serve: install
+	@test -d outputs/seq2seq_demo || { echo "outputs/seq2seq_demo is missing: run make demo first"; exit 1; }
+	$(PY) serve.py outputs/seq2seq_demo
 
 test: install-dev quality
 	$(PY) -m pytest

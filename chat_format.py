@@ -341,6 +341,13 @@ class ChatFormat:
         return ids, token_spans, prompt_length
 
 
+def encoder_decoder_prompt(tokenizer, messages: list[dict]) -> str:
+    """The source text of an encoder-decoder model (T5): the conversation before the answer in this project's
+    [Round i] format, no end token (the tokenizer adds its own).
+    """
+    return tokenizer.apply_chat_template(messages, chat_template=TEMPLATES["default"], tokenize=False, eos_token="")
+
+
 def has_earlier_turn(messages: list[dict]) -> bool:
     """Whether a user turn before the last one can be dropped (the last question and its answer stay)."""
     return sum(m["role"] == "user" for m in messages) > 1

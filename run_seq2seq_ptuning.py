@@ -43,7 +43,14 @@ from arguments import (
     raise_if_problems,
 )
 from chat_data import ChatColumns, conversation_of, conversation_problem, find_chat_columns
-from chat_format import TEMPLATE_NAMES, TEMPLATES, ChatFormat, ChatFormatError, choose_chat_template, drop_oldest_turn
+from chat_format import (
+    TEMPLATE_NAMES,
+    ChatFormat,
+    ChatFormatError,
+    choose_chat_template,
+    drop_oldest_turn,
+    encoder_decoder_prompt,
+)
 from collators import PromptResponseCollator
 from data import drop_invalid_rows, limit_samples, load_raw_datasets
 from launch import prepare_launch
@@ -360,10 +367,7 @@ def encoder_decoder_batch(batch, split: str, chat_columns: ChatColumns, tokenize
         messages = conversation_of(row, chat_columns, task_args.system_prompt, task_args.source_prefix)
         answer = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
         while True:
-            text = tokenizer.apply_chat_template(
-                messages, chat_template=TEMPLATES["default"], tokenize=False, eos_token=""
-            )
-            ids = tokenizer(text)["input_ids"]
+            ids = tokenizer(encoder_decoder_prompt(tokenizer, messages))["input_ids"]
             if len(ids) <= task_args.max_source_length or sum(m["role"] == "user" for m in messages) < 2:
                 break
             messages, stats["turns_dropped"] = drop_oldest_turn(messages), stats["turns_dropped"] + 1

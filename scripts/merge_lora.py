@@ -4,7 +4,9 @@
     python scripts/merge_lora.py --adapter outputs/adgen-lora --base_model Qwen/Qwen2.5-1.5B-Instruct --output_dir ...
 
 The base model is read from the adapter's adapter_config.json unless --base_model is given. The result
-loads with AutoModelForCausalLM / AutoModelForSeq2SeqLM.from_pretrained(output_dir), tokenizer included.
+loads with AutoModelForCausalLM / AutoModelForSeq2SeqLM.from_pretrained(output_dir), tokenizer (and its chat
+template) included, with the adapter's generation config and its stop ids: `python serve.py`, `vllm serve` and
+`transformers serve` answer from it as `python serve.py` answers from the adapter.
 """
 
 import argparse
@@ -16,7 +18,7 @@ from pathlib import Path
 def merge_lora(adapter: str, output_dir: str, base_model: str | None = None, dtype: str = "auto") -> str:
     """Load base + adapter, fold the LoRA update into the weights, save model and tokenizer; returns output_dir."""
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     config_file = Path(adapter) / "adapter_config.json"
     if not config_file.is_file():
@@ -34,8 +36,13 @@ def merge_lora(adapter: str, output_dir: str, base_model: str | None = None, dty
     model_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = PeftModel.from_pretrained(model_class.from_pretrained(base, dtype=dtype), adapter)
     merged = model.merge_and_unload()
+    # run_seq2seq_ptuning.py writes the stop ids (eos and the template's end-of-turn tokens) next to the adapter:
+    # the merged model keeps them, so it stops at the end of a turn in any server (vLLM, `transformers serve`)
+    if (Path(adapter) / "generation_config.json").is_file():
+        merged.generation_config = GenerationConfig.from_pretrained(adapter)
+        merged.config.eos_token_id = merged.generation_config.eos_token_id
     merged.save_pretrained(output_dir)
-    # the adapter dir holds the tokenizer as fine-tuned (special tokens included)
+    # the adapter dir holds the tokenizer as fine-tuned (special tokens and the chat template included)
     tokenizer_source = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(output_dir)
     return output_dir

@@ -175,3 +175,13 @@ def test_launcher_picks_a_free_master_port():
         sock.bind(("127.0.0.1", port))  # nothing listens on it
     printed = subprocess.run(["bash", launcher], env=dict(env, MASTER_PORT="29501"), capture_output=True, text=True)
     assert "--master_port 29501" in printed.stdout  # multi-node: the same port on every machine
+
+
+def test_serve_help(capsys):
+    import serve
+
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "output_dir" in out and "--api_key" in out and "--chat" in out and "127.0.0.1" in out

@@ -1,0 +1,179 @@
+"""serve.py's routes for the models that do not chat: a classifier, a CLIP model, an image captioner.
+
+Each request holds a batch of inputs (texts or images, at most --max_inputs) and runs one forward at a time on
+the model. Images come as base64 (a data: URL too) or, for captions, as a multipart upload; URLs are never
+fetched. Bad input raises ServeError, which the app answers with a 400 in OpenAI's error shape.
+"""
+
+import base64
+import binascii
+import io
+import json
+
+import torch
+from fastapi import Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from images import to_rgb
+from served_model import ServeError
+
+
+class Strict(BaseModel):
+    # strict: "5" is no number and "true" no boolean; unknown fields are kept, to refuse the unsupported ones
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class TextsBody(Strict):
+    model: str | None = None
+    input: str | list[str | dict]
+
+
+class SimilarityBody(Strict):
+    model: str | None = None
+    image: str
+    texts: list[str] = Field(min_length=1)
+
+
+def decode_image(data: bytes | str):
+    """An uploaded or base64 image (a data: URL too) as RGB; a 400 when it is not an image. URLs are never fetched."""
+    if isinstance(data, str):
+        if data.startswith(("http://", "https://")):
+            raise ServeError("image URLs are not fetched: send the image itself, base64-encoded")
+        try:
+            data = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ServeError("`image` is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise ServeError(f"the image cannot be decoded: {exc}") from None
+
+
+def as_inputs(state, value) -> list:
+    items = value if isinstance(value, list) else [value]
+    if not items or len(items) > state.args.max_inputs:
+        raise ServeError(f"`input` needs 1 to {state.args.max_inputs} items (--max_inputs), got {len(items)}")
+    return items
+
+
+def classify(state, texts: list[str]) -> list[dict]:
+    served = state.served
+    if not all(isinstance(t, str) and t for t in texts):
+        raise ServeError("`input` must be a non-empty text or a list of non-empty texts")
+    config = served.model.config
+    limit = min(served.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
+    batch = served.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    with state.model_lock, torch.no_grad():
+        logits = served.model(**batch.to(served.model.device)).logits.float()
+    multi = config.problem_type == "multi_label_classification"
+    probs = (logits.sigmoid() if multi else logits.softmax(-1)).cpu().tolist()
+    names = [config.id2label[i] for i in range(len(probs[0]))]
+    results = []
+    for index, row in enumerate(probs):
+        scores = dict(zip(names, (round(p, 6) for p in row)))
+        best = max(range(len(row)), key=row.__getitem__)
+        result = {"index": index, "label": names[best], "score": scores[names[best]], "scores": scores}
+        if multi:
+            result["labels"] = [n for n, p in zip(names, row) if p >= 0.5]
+        results.append(result)
+    return results
+
+
+def clip_features(state, texts: list[str] = (), images: list = ()) -> tuple:
+    """Unit-length text and image embeddings (each None when not asked)."""
+    served, model = state.served, state.served.model
+    text_embeds = image_embeds = None
+    with state.model_lock, torch.no_grad():
+        if texts:
+            batch = served.processor.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=64, return_tensors="pt"
+            )
+            text_embeds = model.get_text_features(**batch.to(model.device)).pooler_output
+            text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
+        if images:
+            pixels = served.processor(images=list(images), return_tensors="pt")["pixel_values"].to(model.device)
+            image_embeds = model.get_image_features(pixel_values=pixels).pooler_output
+            image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+    return text_embeds, image_embeds
+
+
+def caption(state, image) -> str:
+    served = state.served
+    pixels = served.processor(image, return_tensors="pt").pixel_values.to(served.model.device)
+    with state.model_lock, torch.no_grad():
+        ids = served.model.generate(pixels)
+    return served.decode(ids[0].tolist())
+
+
+async def classify_route(body: TextsBody, request: Request):
+    state = request.app.state.serve
+    state.require("classify", "/v1/classify", body.model)
+    results = await run_in_threadpool(classify, state, as_inputs(state, body.input))
+    return {"object": "list", "model": state.served.name, "data": results}
+
+
+async def embeddings(body: TextsBody, request: Request):
+    """OpenAI's embeddings for texts; items {"image": base64} are images, embedded in the same space."""
+    state = request.app.state.serve
+    state.require("clip", "/v1/embeddings", body.model)
+    items = as_inputs(state, body.input)
+    texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
+    images = [(i, decode_image(x.get("image", ""))) for i, x in enumerate(items) if isinstance(x, dict)]
+    if any(not t for _, t in texts):
+        raise ServeError("`input` texts must not be empty")
+    t, v = await run_in_threadpool(clip_features, state, [x for _, x in texts], [x for _, x in images])
+    vectors = dict(zip([i for i, _ in texts], t.tolist() if t is not None else []))
+    vectors |= dict(zip([i for i, _ in images], v.tolist() if v is not None else []))
+    data = [{"object": "embedding", "index": i, "embedding": vectors[i]} for i in range(len(items))]
+    tokens = sum(len(state.served.tokenizer(x)["input_ids"]) for _, x in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "model": state.served.name, "data": data, "usage": usage}
+
+
+async def similarity(body: SimilarityBody, request: Request):
+    """An image against candidate texts: cosine similarity and CLIP's softmax over them, best first."""
+    state = request.app.state.serve
+    state.require("clip", "/v1/similarity", body.model)
+    texts = as_inputs(state, body.texts)
+    t, v = await run_in_threadpool(clip_features, state, texts, [decode_image(body.image)])
+    cosine = (v @ t.T)[0]
+    probs = (state.served.model.logit_scale.exp() * cosine).softmax(-1)
+    data = [
+        {"index": i, "text": text, "cosine": round(cosine[i].item(), 6), "probability": round(probs[i].item(), 6)}
+        for i, text in enumerate(texts)
+    ]
+    return {"object": "list", "model": state.served.name, "data": sorted(data, key=lambda d: -d["cosine"])}
+
+
+async def caption_route(request: Request):
+    """A caption for a multipart `file` upload or a JSON {"image": base64}."""
+    state = request.app.state.serve
+    state.require("caption", "/v1/caption", None)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        upload = (await request.form()).get("file")
+        if upload is None or isinstance(upload, str):
+            raise ServeError("send the image as a `file` field")
+        image = decode_image(await upload.read())
+    else:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ServeError("the body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+            raise ServeError('send {"image": "<base64>"} or a multipart `file`')
+        state.require("caption", "/v1/caption", body.get("model"))
+        image = decode_image(body["image"])
+    text = await run_in_threadpool(caption, state, image)
+    return {"object": "caption", "model": state.served.name, "caption": text}
+
+
+TASK_ROUTES = [
+    ("/v1/classify", classify_route, "POST"),
+    ("/v1/embeddings", embeddings, "POST"),
+    ("/v1/similarity", similarity, "POST"),
+    ("/v1/caption", caption_route, "POST"),
+]
