@@ -21,9 +21,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batching import SEED_REFUSAL, GenerationRequest
+from serve_batching import SEED_REFUSAL, GenerationRequest
+from serve_model import Served, ServeError, TextStream
 from serve_tasks import TASK_ROUTES, Strict
-from served_model import Served, ServeError, TextStream
 
 PAGE = Path(__file__).resolve().parent / "serve_page.html"
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from images import to_rgb
-from served_model import ServeError
+from serve_model import ServeError
 
 
 class Strict(BaseModel):

@@ -28,7 +28,7 @@ from serve_models import (
 import serve
 from chat_format import ChatFormat
 from launch import free_port
-from served_model import ServeError, describe_folder
+from serve_model import ServeError, describe_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "类型#裙*颜色#红色*风格#复古"}]

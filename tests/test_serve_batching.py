@@ -1,4 +1,4 @@
-"""batching.py: both engines give each request what `generate` gives it alone, stop, sample, cancel, regroup."""
+"""serve_batching.py: both engines give each request what `generate` gives it alone, stop, sample, cancel, regroup."""
 
 import threading
 import time
@@ -8,7 +8,7 @@ import torch
 from serve_models import adapter_folder, chat_folder, greedy_ids
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from batching import ContinuousEngine, GenerationRequest, WaveEngine
+from serve_batching import ContinuousEngine, GenerationRequest, WaveEngine
 
 
 class Collector:
