@@ -35,6 +35,7 @@ from data import (
     sample_limits,
     wants_evaluation,
 )
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def image_row_problem(row: dict, split: str, image_column: str, caption_column: 
     if is_blank(value):
         return f"empty or missing image path (--image_column {image_column})"
     if not isinstance(value, str):
-        raise ValueError(
+        raise UserError(
             f"`--image_column` '{image_column}' of the {split} data must hold image file paths, but a row "
             f"holds {type(value).__name__}: {str(value)[:80]}. Export the images to files and write their "
             "paths in this column."
@@ -395,7 +396,7 @@ def check_image_rows(
         if dropped_rows:
             log_skipped_images(split, table, dropped_rows, training_args)
         if not keep:
-            raise ValueError(
+            raise UserError(
                 f"No usable image in the {split} data: all {len(table['image_file'])} rows point at missing or "
                 f"broken images (first: '{table['image_file'][0] if table['image_file'] else ''}'). Check "
                 "--image_root (relative paths are resolved against it, or else the data file's folder)."
@@ -431,7 +432,7 @@ def _hold_out_images(table: dict, percentage: int, seed: int) -> tuple[dict, dic
     """Split rows into train / validation by image, so all captions of an image land on the same side."""
     images = list(dict.fromkeys(table["image_file"]))
     if len(images) < 2:
-        raise ValueError(
+        raise UserError(
             "The training data has only one image: cannot hold out a validation split. Pass --validation_file."
         )
     n_validation = max(1, round(len(images) * percentage / 100))
@@ -491,7 +492,7 @@ def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
         # the PIL backend: the one that works without torchvision, and the same pixels on every machine
         return transformers.AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
     except (OSError, ValueError) as exc:
-        raise ValueError(
+        raise UserError(
             f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
             f"values: {exc}. Use a vision checkpoint that ships one (every ViT / CLIP on the hub does), or save "
             "one next to the weights with ViTImageProcessor(...).save_pretrained(dir)."

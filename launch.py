@@ -18,6 +18,7 @@ from dataclasses import MISSING, fields, is_dataclass
 import torch
 from transformers.utils import strtobool
 
+from errors import UserError
 from parsing import read_argument_file, split_argument_file
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def refuse_data_parallel(training_args, model_parallel: bool = False) -> None:
         return
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "run_x.py"
     torchrun = shlex.join(["torchrun", "--nproc_per_node", str(gpus), script, *sys.argv[1:]])
-    raise ValueError(
+    raise UserError(
         f"{gpus} GPUs are visible to this single process, which would train them with DataParallel (slow, and "
         f"GPU 0 runs out of memory first). Start one process per GPU:\n  {torchrun}\n"
         f"or train on one GPU: CUDA_VISIBLE_DEVICES=0 python {shlex.join([script, *sys.argv[1:]])}\n"

@@ -30,7 +30,9 @@ from transformers import (
 )
 
 from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
+from checkpoints import AtomicCheckpoints
 from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from errors import UserError, run_main
 from launch import prepare_launch
 from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
 from parsing import parse_args
@@ -109,7 +111,7 @@ def check_known_labels(dataset, split, label_column, label2id, multi_label, deli
                 unknown.append((row, name))
     if unknown:
         shown = "; ".join(f"row {row}: '{name}'" for row, name in unknown[:5])
-        raise ValueError(
+        raise UserError(
             f"The {split} data has {len(unknown)} label(s) that never occur in {source} (rows counted from 0): "
             f"{shown}{' ...' if len(unknown) > 5 else ''}. Known labels: {', '.join(label2id)}. "
             "Fix or remove those rows, or add examples of the label to the training data."
@@ -137,8 +139,9 @@ def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
             )
 
 
-class ClassificationTrainer(FileOrderEvaluation, Trainer):
-    """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length."""
+class ClassificationTrainer(FileOrderEvaluation, AtomicCheckpoints, Trainer):
+    """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length, and
+    checkpoints that a kill cannot leave half written."""
 
 
 class ClassificationMetrics:
@@ -307,7 +310,7 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
                 label_names,
             )
         if len(label_names) < 2 and not multi_label:
-            raise ValueError(
+            raise UserError(
                 f"`--label_column` '{columns.label['train']}' has only one distinct label ({label_names}) in the "
                 "training data; classification needs at least two."
             )
@@ -316,7 +319,7 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
         label_names = sorted(model_label2id, key=model_label2id.get)
         source = f"the model's labels ({model_name})"
     else:
-        raise ValueError(
+        raise UserError(
             f"Without --do_train the label names come from the model, but '{model_name}' has "
             "none (its config has only LABEL_0, LABEL_1, ...). Evaluate a model fine-tuned by this script."
         )
@@ -443,7 +446,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, task_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -496,4 +499,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

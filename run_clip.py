@@ -44,7 +44,9 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
+from checkpoints import AtomicCheckpoints
 from collators import ImageTextCollator
+from errors import UserError, run_main
 from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
 from launch import prepare_launch
 from metrics import embedding_retrieval_metrics
@@ -164,7 +166,7 @@ def contrastive_loss(
     return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_image, targets)) / 2
 
 
-class ContrastiveTrainer(Trainer):
+class ContrastiveTrainer(AtomicCheckpoints, Trainer):
     """Trainer whose loss is `contrastive_loss`, and whose eval returns embeddings for the retrieval metrics.
 
     Labels of a batch are (row, image_index) pairs: the metrics group captions by image, and the predictions
@@ -280,7 +282,7 @@ def check_is_dual_encoder(model_args, hub_kwargs) -> None:
     """Fail early when --model_name_or_path is a text-only or image-only model, and say what to pass instead."""
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
-        raise ValueError(
+        raise UserError(
             f"--model_name_or_path '{model_args.model_name_or_path}' is a {config.model_type} model "
             f"({', '.join(config.architectures or [])}), not an image-text dual encoder (ChineseCLIPModel, "
             "CLIPModel, VisionTextDualEncoderModel). To build one from a text model and a vision model, pass them "
@@ -409,7 +411,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, image_args, task_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -466,4 +468,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -48,6 +48,7 @@ from arguments import (
     raise_if_problems,
 )
 from collators import LABEL_PAD, ImageCaptionCollator
+from errors import UserError, run_main
 from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
 from launch import prepare_launch
 from metrics import caption_metrics, strip_tokenizer_spaces
@@ -148,7 +149,7 @@ def check_models(model_args, task_args, hub_kwargs: dict) -> None:
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
         if config.model_type != "vision-encoder-decoder":
-            raise ValueError(
+            raise UserError(
                 f"--model_name_or_path '{model_args.model_name_or_path}' is a {config.model_type} model, not a "
                 "VisionEncoderDecoderModel. To build a captioning model from an image encoder and a text decoder, "
                 "pass them as --encoder_model_name_or_path and --decoder_model_name_or_path instead."
@@ -156,13 +157,13 @@ def check_models(model_args, task_args, hub_kwargs: dict) -> None:
         return
     encoder_config = AutoConfig.from_pretrained(task_args.encoder_model_name_or_path, **hub_kwargs)
     if hasattr(encoder_config, "text_config"):
-        raise ValueError(
+        raise UserError(
             f"--encoder_model_name_or_path '{task_args.encoder_model_name_or_path}' is a {encoder_config.model_type} "
             "image-text model; pass a vision encoder (ViT, DeiT, Swin, BEiT...), e.g. google/vit-base-patch16-224."
         )
     decoder_config = AutoConfig.from_pretrained(task_args.decoder_model_name_or_path, **hub_kwargs)
     if decoder_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(
+        raise UserError(
             f"--decoder_model_name_or_path '{task_args.decoder_model_name_or_path}' is a "
             f"{decoder_config.model_type} model, which cannot generate text; pass a Chinese GPT-2 (e.g. "
             "uer/gpt2-chinese-cluecorpussmall) or BERT (e.g. bert-base-chinese)."
@@ -345,7 +346,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, image_args, task_args, generation_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -421,4 +422,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -46,6 +46,7 @@ from chat_data import ChatColumns, conversation_of, conversation_problem, find_c
 from chat_format import TEMPLATE_NAMES, TEMPLATES, ChatFormat, ChatFormatError, choose_chat_template, drop_oldest_turn
 from collators import PromptResponseCollator
 from data import drop_invalid_rows, limit_samples, load_raw_datasets
+from errors import run_main
 from launch import prepare_launch
 from metrics import rouge_bleu, strip_tokenizer_spaces
 from parsing import parse_args
@@ -542,7 +543,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, task_args, finetuning_args, generation_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args, model_parallel=task_args.model_parallel_mode)
@@ -595,4 +596,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,0 +1,157 @@
+"""Checkpoints that survive a kill: complete ones found, saves made atomic, and a train_loss that spans a resume.
+
+A run killed while the Trainer writes `checkpoint-N` leaves a folder without trainer_state.json (the Trainer
+writes it last), which `--resume_from_checkpoint True` would pick and crash on. `AtomicCheckpoints` (a Trainer
+mixin every script uses) writes each checkpoint as `tmp-checkpoint-N/checkpoint-N` and renames it into place
+once complete, so a `checkpoint-N` folder is always whole; `newest_complete_checkpoint` still skips, with a
+warning, incomplete folders written some other way (an older version, another tool, a full disk).
+
+transformers averages `train_loss` over the steps of the resumed run only; each checkpoint also stores the loss
+summed over its steps (`train_loss_sum.json`), from which `whole_run_train_loss` gives the average over all.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import rotate_checkpoints
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # what transformers' get_last_checkpoint looks for
+STAGING_PREFIX = "tmp-"  # `tmp-checkpoint-N` matches neither that nor the `checkpoint-*` glob of its rotation
+LOSS_SUM_FILE = "train_loss_sum.json"
+TRAINER_STATE = "trainer_state.json"
+# what Trainer._load_from_checkpoint accepts as the weights (full model, sharded, or a peft adapter)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+
+
+def missing_parts(folder: str | Path) -> list[str]:
+    """What a checkpoint folder lacks for the Trainer to resume from it (empty when complete)."""
+    folder = Path(folder)
+    missing = []
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+        if "global_step" not in state:
+            missing.append(f"a valid {TRAINER_STATE}")
+    except FileNotFoundError:
+        missing.append(TRAINER_STATE)
+    except (OSError, ValueError):
+        missing.append(f"a readable {TRAINER_STATE} (it is cut off)")
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    # DeepSpeed without gathered weights saves only its global_stepN shards; FSDP its pytorch_model_fsdp* files
+    sharded = any(n.startswith(("global_step", "pytorch_model_fsdp")) for n in names)
+    if not names & set(WEIGHT_FILES) and not sharded:
+        missing.append("the model weights (model.safetensors or adapter_model.safetensors)")
+    return missing
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why --resume_from_checkpoint PATH cannot be resumed from, or None."""
+    if not Path(path).is_dir():
+        return "is not a directory"
+    missing = missing_parts(path)
+    if missing:
+        return (
+            f"is incomplete: it has no {' and no '.join(missing)}, so the run that wrote it was probably stopped "
+            "while saving. Pass an older checkpoint, or --resume_from_checkpoint True for the newest complete one"
+        )
+    return None
+
+
+def newest_complete_checkpoint(output_dir: str | Path, warn: bool = False) -> str | None:
+    """The complete checkpoint-N folder of output_dir with the highest N; newer incomplete ones are skipped."""
+    if not Path(output_dir).is_dir():
+        return None
+    found = []
+    for child in Path(output_dir).iterdir():
+        match = CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    for _, folder in sorted(found, reverse=True):
+        missing = missing_parts(folder)
+        if not missing:
+            return str(folder)
+        if warn:
+            logger.warning(
+                "Skipping %s: it is incomplete (no %s), probably cut off by a kill while it was saved.",
+                folder,
+                " and no ".join(missing),
+            )
+    return None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The global step a checkpoint was saved at (from its trainer_state.json)."""
+    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"]
+
+
+def whole_run_train_loss(checkpoint: str | Path, resumed_train_loss: float, global_step: int) -> float | None:
+    """The mean training loss over every step of a resumed run, or None when the checkpoint holds no loss sum.
+
+    `resumed_train_loss` is the Trainer's, the mean over the steps after the checkpoint.
+    """
+    try:
+        saved = json.loads((Path(checkpoint) / LOSS_SUM_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    resumed_steps = global_step - saved["global_step"]
+    return (saved["train_loss_sum"] + resumed_train_loss * resumed_steps) / max(global_step, 1)
+
+
+class AtomicCheckpoints:
+    """Trainer mixin: every checkpoint-N appears complete or not at all, and stores the loss summed so far.
+
+    The Trainer's own save runs with its output folder pointed at `tmp-checkpoint-N` (its checkpoint rotation then
+    sees that one checkpoint only); the main process renames `tmp-checkpoint-N/checkpoint-N` into place once every
+    process has written its part, then rotates the real folder (`--save_total_limit`).
+    """
+
+    _staging_dir = None
+
+    def _get_output_dir(self, trial):
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging, final = os.path.join(run_dir, STAGING_PREFIX + name), os.path.join(run_dir, name)
+        # the loss of the steps not yet logged is still on the device of each process: gathered like at logging
+        loss_sum = self._total_loss_scalar + nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self._move_into_place(os.path.join(staging, name), final, loss_sum)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _move_into_place(self, written: str, final: str, loss_sum: float) -> None:
+        """Finish the staged checkpoint (loss sum, the best-checkpoint path it recorded) and rename it to `final`."""
+        Path(written, LOSS_SUM_FILE).write_text(
+            json.dumps({"global_step": self.state.global_step, "train_loss_sum": loss_sum}), encoding="utf-8"
+        )
+        if self.state.best_model_checkpoint == written:  # the Trainer recorded the staging path
+            self.state.best_model_checkpoint = final
+            self.state.save_to_json(os.path.join(written, TRAINER_STATE))
+        if os.path.isdir(final):  # an older run's (or an incomplete) folder of the same step
+            shutil.rmtree(final)
+        os.rename(written, final)
