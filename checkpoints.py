@@ -48,7 +48,7 @@ def missing_parts(folder: str | Path) -> list[str]:
     except FileNotFoundError:
         missing.append(TRAINER_STATE)
     except (OSError, ValueError):
-        missing.append(f"a readable {TRAINER_STATE} (it is cut off)")
+        missing.append(f"a readable {TRAINER_STATE} (this one is cut off)")
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     # DeepSpeed without gathered weights saves only its global_stepN shards; FSDP its pytorch_model_fsdp* files
     sharded = any(n.startswith(("global_step", "pytorch_model_fsdp")) for n in names)
@@ -64,8 +64,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     missing = missing_parts(path)
     if missing:
         return (
-            f"is incomplete: it has no {' and no '.join(missing)}, so the run that wrote it was probably stopped "
-            "while saving. Pass an older checkpoint, or --resume_from_checkpoint True for the newest complete one"
+            f"is incomplete (it lacks {' and '.join(missing)}): the run that wrote it was probably stopped while "
+            "saving. Pass an older checkpoint, or --resume_from_checkpoint True for the newest complete one"
         )
     return None
 
@@ -85,9 +85,9 @@ def newest_complete_checkpoint(output_dir: str | Path, warn: bool = False) -> st
             return str(folder)
         if warn:
             logger.warning(
-                "Skipping %s: it is incomplete (no %s), probably cut off by a kill while it was saved.",
+                "Skipping %s: it is incomplete (it lacks %s), probably cut off by a kill while it was saved.",
                 folder,
-                " and no ".join(missing),
+                " and ".join(missing),
             )
     return None
 

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_CHECK_CHUNK = 2000  # images per progress line and per cache save, so an interrupted check keeps its work
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
+URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://", "oss://", "hdfs://")
 
 
 def to_rgb(image):
@@ -349,6 +350,8 @@ def image_row_problem(row: dict, split: str, image_column: str, caption_column: 
     value = row[image_column]
     if is_blank(value):
         return f"empty or missing image path (--image_column {image_column})"
+    if isinstance(value, str) and value.strip().lower().startswith(URL_PREFIXES):
+        return "the image path is a URL: download the images and write their local paths"
     if not isinstance(value, str):
         raise UserError(
             f"`--image_column` '{image_column}' of the {split} data must hold image file paths, but a row "
@@ -439,10 +442,8 @@ def _hold_out_images(table: dict, percentage: int, seed: int) -> tuple[dict, dic
     held_out = set(random.Random(seed).sample(images, n_validation))
     logger.info(
         "No --validation_file: holding out %d of %d training images (%d%%, with all their captions) for evaluation.",
-        n_validation,
-        len(images),
-        percentage,
-    )
+        n_validation, len(images), percentage,
+    )  # fmt: skip
     split = ({k: [] for k in table}, {k: [] for k in table})
     for row, file in enumerate(table["image_file"]):
         side = split[1] if file in held_out else split[0]

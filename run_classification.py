@@ -11,6 +11,7 @@ Labels may be ints or strings; their names are stored in the model config, so
 of labels per row, or one string split on --label_delimiter.
 """
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -36,12 +37,13 @@ from errors import UserError, run_main
 from launch import prepare_launch
 from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
 from parsing import parse_args
-from training import FileOrderEvaluation, setup_run, train_evaluate_predict, write_json
+from training import FileOrderEvaluation, check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "text_a", "sentence1", "query")
 LABEL_COLUMNS = ("label", "labels", "class", "category")
+LIKELY_DELIMITERS = ("|", ",", ";", "/", "，", "、", "；", "｜")  # what joins several labels in one cell
 
 
 @dataclass
@@ -118,6 +120,21 @@ def check_known_labels(dataset, split, label_column, label2id, multi_label, deli
         )
 
 
+def warn_about_delimiters(dataset, label_column: str) -> None:
+    """Warn when single-label values look like several labels joined (`价格|物流`): each join becomes a class."""
+    labels = [str(v).strip() for v in dataset[label_column] if not is_blank(v)]
+    for delimiter in LIKELY_DELIMITERS:
+        joined = [label for label in labels if delimiter in label.strip(delimiter)]
+        if len(joined) >= max(3, len(labels) // 100):
+            logger.warning(
+                "%d of %d training labels in `--label_column` %s contain '%s' (e.g. '%s'): as a single-label task "
+                "each combination is one class (%d classes). If a row has several labels, pass --label_delimiter "
+                "'%s' to train multi-label.",
+                len(joined), len(labels), label_column, delimiter, joined[0], len(set(labels)), delimiter,
+            )  # fmt: skip
+            return
+
+
 def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
     """Warn when evaluation or test texts also occur in train: scores on them overstate the model."""
     if "train" not in raw:
@@ -158,51 +175,102 @@ class ClassificationMetrics:
         return classification_metrics(predictions, eval_pred.label_ids, self.multi_label)
 
 
-def cjk_font() -> str | None:
-    """A font family that can draw Chinese label names, if the system has one."""
+PREFERRED_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
+                   "Microsoft YaHei", "PingFang SC")  # fmt: skip
+NO_FONT_NOTE = (
+    "No installed font has the characters of the label names, so they are drawn as #ids; eval_report.json maps "
+    "each id to its name.\nInstall a CJK font to see the names: apt-get install fonts-noto-cjk"
+)
+
+
+@functools.cache
+def font_characters(path: str) -> frozenset[int]:
+    """The code points a font file has glyphs for."""
+    from matplotlib import ft2font
+
+    try:
+        return frozenset(ft2font.FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def installed_font_files() -> list[str]:
+    """The font files matplotlib knows, the preferred CJK families first, then any other on the system."""
     from matplotlib import font_manager
 
-    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
-    available = {f.name for f in font_manager.fontManager.ttflist}
-    return next((name for name in wanted if name in available), None)
+    known = sorted(font_manager.fontManager.ttflist, key=lambda f: f.name not in PREFERRED_FONTS)
+    files = [f.fname for f in known]
+    # fonts installed after matplotlib built its font cache are not in it (apt-get install fonts-noto-cjk)
+    return list(dict.fromkeys(files + sorted(font_manager.findSystemFonts())))
 
 
-def plot_report(report: dict, path: Path) -> None:
-    """The confusion matrix (single-label) or per-label precision/recall/F1 bars (multi-label) as a PNG."""
+def label_font(names: list[str]) -> str | None:
+    """A font family with a glyph for every character of the label names, or None (matplotlib would draw boxes).
+
+    The default font first (it has Latin, Greek, Cyrillic); never matplotlib's Last Resort font, which has a box
+    for every character.
+    """
+    from matplotlib import font_manager, rcParams
+
+    wanted = {ord(c) for c in "".join(names) if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    for path in [default, *installed_font_files()]:
+        if wanted <= font_characters(path) and "LastResort" not in Path(path).name:
+            if path not in {f.fname for f in font_manager.fontManager.ttflist}:
+                font_manager.fontManager.addfont(path)
+            return font_manager.FontProperties(fname=path).get_name()
+    return None
+
+
+def draw_report(report: dict):
+    """The confusion matrix (single-label) or per-label precision/recall/F1 bars (multi-label) as a figure.
+
+    Label names are drawn in a font that has their characters; when none is installed, as #ids with a note.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = report["labels"]
-    font = cjk_font()
-    if font:
-        plt.rcParams["font.sans-serif"] = [font, *plt.rcParams["font.sans-serif"]]
-    elif any(not n.isascii() for n in names):
-        # without a CJK font matplotlib draws empty boxes; ids are readable, and the JSON maps them to names
+    names, font = report["labels"], label_font(report["labels"])
+    if font is None:
         names = [f"#{i}" for i in range(len(names))]
     size = max(4.0, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    if "confusion_matrix" in report:
-        matrix = np.array(report["confusion_matrix"])
-        ax.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("confusion matrix")
-    else:
-        x = np.arange(len(names))
-        for k, metric in enumerate(("precision", "recall", "f1")):
-            values = [report["per_class"][n][metric] for n in report["labels"]]
-            ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=metric)
-        ax.set_xticks(x, names, rotation=45, ha="right")
-        ax.set_ylim(0, 1.05)
-        ax.legend()
-        ax.set_title("per-label scores")
-    fig.tight_layout()
+    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": [font or "DejaVu Sans", "DejaVu Sans"]}):
+        fig, ax = plt.subplots(figsize=(size + 1, size + (0.6 if font is None else 0)))
+        if "confusion_matrix" in report:
+            draw_confusion_matrix(ax, np.array(report["confusion_matrix"]), names)
+        else:
+            x = np.arange(len(names))
+            for k, metric in enumerate(("precision", "recall", "f1")):
+                values = [report["per_class"][n][metric] for n in report["labels"]]
+                ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=metric)
+            ax.set_xticks(x, names, rotation=45, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.legend()
+            ax.set_title("per-label scores")
+        if font is None:
+            fig.text(0.01, 0.01, NO_FONT_NOTE, fontsize=7, va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.08 if font is None else 0, 1, 1))
+    return fig
+
+
+def draw_confusion_matrix(ax, matrix: np.ndarray, names: list[str]) -> None:
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """draw_report's figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(report)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -285,6 +353,8 @@ def load_classification_data(data_args, task_args, training_args, cache_dir) -> 
         problem = partial(row_problem, roles=roles, multi_label=multi_label, delimiter=task_args.label_delimiter)
         raw[split] = drop_invalid_rows(raw[split], split, list(roles.values()), problem)
     warn_about_leaks(raw, columns.text)
+    if "train" in columns.label and not multi_label:
+        warn_about_delimiters(raw["train"], columns.label["train"])
     return raw, columns, multi_label
 
 
@@ -359,11 +429,13 @@ def encode_batch(batch, split, tokenizer, columns: Columns, label_names, multi_l
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     if split in columns.label:
         labels = [normalize_label(v, multi_label, delimiter) for v in batch[columns.label[split]]]
+        label2id = {name: i for i, name in enumerate(label_names)}
+        # `label_ids`, not `labels`: datasets keeps the type of a file's own `labels` column (strings) for an
+        # output column of that name; DataCollatorWithPadding renames `label_ids` to `labels`
         if multi_label:
-            encoded["labels"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
+            encoded["label_ids"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
         else:
-            label2id = {name: i for i, name in enumerate(label_names)}
-            encoded["labels"] = [label2id[name] for name in labels]
+            encoded["label_ids"] = [label2id[name] for name in labels]
     return encoded
 
 
@@ -396,13 +468,18 @@ def load_model(model_args, config, tokenizer, label_names: list[str], multi_labe
     config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    return AutoModelForSequenceClassification.from_pretrained(
+    model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         **model_args.hub_kwargs(),
         dtype=model_args.dtype,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer), model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
+    )
+    return model
 
 
 def write_eval_report(trainer, compute_metrics, label_names, multi_label, output_dir: Path) -> None:

@@ -51,7 +51,7 @@ from images import check_image_rows, image_target_size, load_image_processor, lo
 from launch import prepare_launch
 from metrics import embedding_retrieval_metrics
 from parsing import parse_args
-from training import setup_run, train_evaluate_predict, write_json
+from training import check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -392,8 +392,13 @@ def freeze_towers(model, task_args) -> None:
     logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
 
 
-def caption_length(model, task_args) -> int:
-    """--max_seq_length, at most the text model's positions."""
+def caption_length(model, task_args, processor, model_args) -> int:
+    """--max_seq_length, at most the text model's positions; a tokenizer that does not fit the model is refused."""
+    text_source = model_args.model_name_or_path or task_args.text_model_name_or_path
+    check_vocabulary_fits(
+        len(processor.tokenizer), model.text_model.get_input_embeddings(), model_args.tokenizer_name or text_source,
+        text_source,
+    )  # fmt: skip
     max_length = task_args.max_seq_length
     max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
     if max_positions and max_length > max_positions:
@@ -441,7 +446,10 @@ def main(argv=None) -> dict:
 
     # trainer
     collator = ImageTextCollator(
-        processor.image_processor, processor.tokenizer, caption_length(model, task_args), target_size
+        processor.image_processor,
+        processor.tokenizer,
+        caption_length(model, task_args, processor, model_args),
+        target_size,
     )
     trainer = ContrastiveTrainer(
         model=model,

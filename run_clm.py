@@ -45,6 +45,7 @@ from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_
 from parsing import parse_args
 from training import (
     apply_lora,
+    check_vocabulary_fits,
     load_adapter,
     lora_adapter_dir,
     read_adapter_config,
@@ -325,7 +326,11 @@ def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str 
         model = AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path, config=config, dtype=model_args.dtype, **model_args.hub_kwargs()
         )
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+        check_vocabulary_fits(
+            tokenizer.vocab_size, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
+        )
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # an added eos
             model.resize_token_embeddings(len(tokenizer))
     for settings in (model.config, model.generation_config):
         settings.eos_token_id = tokenizer.eos_token_id

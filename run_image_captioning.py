@@ -59,7 +59,7 @@ from trainer_seq2seq import (
     decode_generations,
     write_generated_predictions,
 )
-from training import setup_run, train_evaluate_predict
+from training import check_vocabulary_fits, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +279,19 @@ def caption_datasets(pairs, tokenizer, max_length: int) -> dict[str, Dataset]:
     return data
 
 
-def set_decoder_tokens(model, tokenizer, added_tokens: int, from_checkpoint: bool) -> None:
-    """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens."""
+def set_decoder_tokens(model, tokenizer, added_tokens: int, model_args, task_args) -> None:
+    """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens.
+
+    A tokenizer with more ids of its own than the decoder has embeddings (one from another model) is refused.
+    """
+    from_checkpoint = bool(model_args.model_name_or_path)
+    decoder = model_args.model_name_or_path or task_args.decoder_model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer) - added_tokens,
+        model.decoder.get_input_embeddings(),
+        model_args.tokenizer_name or decoder,
+        decoder,
+    )
     rows = model.decoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
         model.decoder.resize_token_embeddings(len(tokenizer))
@@ -387,7 +398,7 @@ def main(argv=None) -> dict:
 
     # model
     model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
-    set_decoder_tokens(model, tokenizer, added_tokens, from_checkpoint=bool(model_path))
+    set_decoder_tokens(model, tokenizer, added_tokens, model_args, task_args)
     freeze_encoder(model, task_args)
 
     # trainer: the saved model then captions the way it was evaluated

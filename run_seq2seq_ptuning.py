@@ -51,7 +51,7 @@ from launch import prepare_launch
 from metrics import rouge_bleu, strip_tokenizer_spaces
 from parsing import parse_args
 from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
-from training import apply_lora, apply_ptuning, load_adapter, setup_run, train_evaluate_predict
+from training import apply_lora, apply_ptuning, check_vocabulary_fits, load_adapter, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +457,10 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
     model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     model = model_class.from_pretrained(
         model_args.model_name_or_path, config=config, **model_args.hub_kwargs(), dtype=model_args.dtype, **load_kwargs
+    )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer) - added_tokens, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
     )
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))

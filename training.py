@@ -185,6 +185,21 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
     logger.info("Loss curve written to %s", path)
 
 
+def check_vocabulary_fits(tokens: int, embeddings, tokenizer_source: str, model_source: str) -> None:
+    """Refuse a tokenizer with more ids than the model has embedding rows (a tokenizer from another model).
+
+    The first step would fail with `IndexError: index out of range in self`. `tokens` counts the tokenizer's own
+    ids, not the special tokens a script adds (those rows are added to the model).
+    """
+    rows = embeddings.num_embeddings
+    if tokens > rows:
+        raise UserError(
+            f"The tokenizer ({tokenizer_source}) has {tokens} tokens, but the model ({model_source}) has embeddings "
+            f"for only {rows}: token ids from {rows} up do not exist in this model. Use the tokenizer saved with the "
+            "model (drop --tokenizer_name, or copy its tokenizer files next to the weights)."
+        )
+
+
 def write_json(path: str | Path, obj) -> None:
     """UTF-8 JSON that keeps Chinese readable."""
     Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -22,6 +22,7 @@ from data import (
     resolve_data_files,
     take_first,
 )
+from errors import UserError
 
 TEXTS = ["这家餐厅的菜很好吃", "物流太慢了，等了一个星期", "客服态度非常好"]
 LABELS = ["正面", "负面", "正面"]
@@ -258,7 +259,9 @@ def test_decode_error_after_the_checked_sample_is_still_explained(tmp_path, monk
 def test_malformed_file_names_split_and_file(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "好"}\n{不是json}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"Could not read `--train_file` \(.*bad\.jsonl\): .*well-formed \.jsonl"):
+    with pytest.raises(
+        UserError, match=r"`--train_file` file '.*bad\.jsonl' line 2 is not valid JSON .*: \{不是json\}"
+    ):
         load_data_files([str(path)], "train_file")
 
 
