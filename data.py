@@ -368,17 +368,36 @@ def find_column(dataset: Dataset, wanted: str | None, arg_name: str, candidates:
     columns = dataset.column_names
     if wanted is not None:
         if wanted in columns:
-            return wanted
+            return check_one_type(dataset, wanted, arg_name, split)
         raise UserError(
             f"`--{arg_name}` '{wanted}' is not a column of the {split} data; columns are: {', '.join(columns)}."
         )
     for name in candidates:
         if name in columns:
-            return name
+            return check_one_type(dataset, name, arg_name, split)
     raise UserError(
         f"Could not find the {split} data's column for `--{arg_name}` (looked for {', '.join(candidates)}); "
         f"columns are: {', '.join(columns)}. Pass --{arg_name} <column>."
     )
+
+
+def check_one_type(dataset, column: str, arg_name: str, split: str) -> str:
+    """The column, when its values have one JSON type; datasets reads mixed ones (`"好"`, `["坏"]`) as Json values."""
+    feature = getattr(dataset, "features", {}).get(column)
+    if type(feature).__name__ != "Json":
+        return column
+    first = None
+    for row, value in enumerate(dataset[column]):
+        kind = json_kind(value)
+        if kind is not None and first is None:
+            first = (kind, row)
+        elif kind is not None and kind != first[0]:
+            raise UserError(
+                f"`--{arg_name}` column '{column}' of the {split} data holds a {kind} in row {row} "
+                f"({json.dumps(value, ensure_ascii=False)[:40]}) but a {first[0]} in row {first[1]} (rows counted "
+                "from 0). Give the column one type in every row (quote numbers meant as text)."
+            )
+    return column
 
 
 def is_blank(value) -> bool:
