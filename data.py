@@ -239,7 +239,7 @@ def json_problem(f) -> tuple[str | None, list[str] | None]:
             if stripped[0] == "[":
                 cut = exc.msg.startswith("Unterminated") or exc.pos >= len(text.rstrip()) - 1
                 return (
-                    f"is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+                    f"is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}."
                     + (" The file ends in the middle of a row: it looks cut off (truncated)." if cut else ""),
                     None,
                 )
@@ -260,7 +260,10 @@ def json_problem(f) -> tuple[str | None, list[str] | None]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            return f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}): {line[:80]}", None
+            return (
+                f"line {number} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}): {line[:80]}",
+                None,
+            )
         places.append(f"line {number}")
     return rows_problem(rows, places)
 

@@ -150,7 +150,7 @@ CLASSIFICATION = [
     Case("bad JSONL line", lambda b: {"train_file": b.root / "bad_line.jsonl"}, 1,
          r"bad_line\.jsonl' line 2 is not valid JSON \(Expecting ',' delimiter"),
     Case("truncated JSON array", lambda b: {"train_file": b.root / "cut.json"}, 1,
-         r"cut\.json' is not valid JSON: Unterminated string.*\(line 1, column \d+\).*cut off \(truncated\)"),
+         r"cut\.json' is not valid JSON: Unterminated string starting at line 1, column 51\. .*cut off \(truncated\)"),
     Case("a type change", lambda b: {"train_file": b.root / "type_change.jsonl"}, 1,
          r"`--text_column` column 'text' of the train data holds a list in row 1 \(\[\"坏\"\]\) but a string in row 0"),
     Case("a GBK file", lambda b: {"train_file": b.root / "gbk.csv"}, 1, r"gbk\.csv' is not valid utf-8.*--file_encoding gbk"),
