@@ -1,7 +1,7 @@
 """Checkpoints that survive a kill: complete ones found, saves made atomic, and a train_loss that spans a resume.
 
 A run killed while the Trainer writes `checkpoint-N` leaves a folder without trainer_state.json (the Trainer
-writes it last), which `--resume_from_checkpoint True` would pick and crash on. `AtomicCheckpoints` (a Trainer
+writes it last), which `--resume_from_checkpoint True` would pick and crash on. `ResumableCheckpoints` (a Trainer
 mixin every script uses) writes each checkpoint as `tmp-checkpoint-N/checkpoint-N` and renames it into place
 once complete, so a `checkpoint-N` folder is always whole; `newest_complete_checkpoint` still skips, with a
 warning, incomplete folders written some other way (an older version, another tool, a full disk).
@@ -17,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from safetensors import safe_open
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import rotate_checkpoints
 
@@ -110,8 +111,20 @@ def whole_run_train_loss(checkpoint: str | Path, resumed_train_loss: float, glob
     return (saved["train_loss_sum"] + resumed_train_loss * resumed_steps) / max(global_step, 1)
 
 
-class AtomicCheckpoints:
-    """Trainer mixin: every checkpoint-N appears complete or not at all, and stores the loss summed so far.
+def saved_weight_names(checkpoint: str | Path) -> set[str] | None:
+    """The tensor names in a checkpoint's model.safetensors (or its index), None when it has neither."""
+    folder = Path(checkpoint)
+    if (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+    if (folder / "model.safetensors.index.json").is_file():
+        return set(json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"])
+    return None
+
+
+class ResumableCheckpoints:
+    """Trainer mixin: every checkpoint-N appears complete or not at all, stores the loss summed so far, and its
+    weights are loaded back exactly as from_pretrained loads them.
 
     The Trainer's own save runs with its output folder pointed at `tmp-checkpoint-N` (its checkpoint rotation then
     sees that one checkpoint only); the main process renames `tmp-checkpoint-N/checkpoint-N` into place once every
@@ -143,6 +156,29 @@ class AtomicCheckpoints:
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._load_renamed_weights(resume_from_checkpoint, self.model if model is None else model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not self._load_renamed_weights(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _load_renamed_weights(self, checkpoint: str, model) -> bool:
+        """Load a checkpoint saved under other weight names than the model's; False when the names match.
+
+        transformers 5 saves some models in their original names (the ViT encoder of a VisionEncoderDecoder) and
+        renames them in from_pretrained, but the Trainer loads the raw names when it resumes, so those weights
+        would stay as they were before training (huggingface/transformers#48805).
+        """
+        saved = saved_weight_names(checkpoint)
+        if saved is None or saved <= set(model.state_dict()) or not hasattr(model, "save_pretrained"):
+            return False
+        logger.info("Loading %s through from_pretrained: its weight names differ from the model's.", checkpoint)
+        dtype = next(model.parameters()).dtype
+        model.load_state_dict(type(model).from_pretrained(checkpoint, dtype=dtype).state_dict())
+        return True
 
     def _move_into_place(self, written: str, final: str, loss_sum: float) -> None:
         """Finish the staged checkpoint (loss sum, the best-checkpoint path it recorded) and rename it to `final`."""

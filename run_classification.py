@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
-from checkpoints import AtomicCheckpoints
+from checkpoints import ResumableCheckpoints
 from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
 from errors import UserError, run_main
 from launch import prepare_launch
@@ -156,7 +156,7 @@ def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
             )
 
 
-class ClassificationTrainer(FileOrderEvaluation, AtomicCheckpoints, Trainer):
+class ClassificationTrainer(FileOrderEvaluation, ResumableCheckpoints, Trainer):
     """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length, and
     checkpoints that a kill cannot leave half written."""
 

@@ -44,7 +44,7 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
-from checkpoints import AtomicCheckpoints
+from checkpoints import ResumableCheckpoints
 from collators import ImageTextCollator
 from errors import UserError, run_main
 from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
@@ -166,7 +166,7 @@ def contrastive_loss(
     return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_image, targets)) / 2
 
 
-class ContrastiveTrainer(AtomicCheckpoints, Trainer):
+class ContrastiveTrainer(ResumableCheckpoints, Trainer):
     """Trainer whose loss is `contrastive_loss`, and whose eval returns embeddings for the retrieval metrics.
 
     Labels of a batch are (row, image_index) pairs: the metrics group captions by image, and the predictions

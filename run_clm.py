@@ -36,7 +36,7 @@ from arguments import (
     finetuning_problems,
     raise_if_problems,
 )
-from checkpoints import AtomicCheckpoints
+from checkpoints import ResumableCheckpoints
 from data import files_problem, find_column, open_data_stream, read_error, resolve_data_files, take_first
 from errors import UserError, run_main
 from launch import prepare_launch
@@ -346,7 +346,7 @@ def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str 
     return model
 
 
-class CLMTrainer(AtomicCheckpoints, Trainer):
+class CLMTrainer(ResumableCheckpoints, Trainer):
     """The stock Trainer, with checkpoints that a kill cannot leave half written."""
 
 
