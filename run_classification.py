@@ -14,6 +14,7 @@ of labels per row, or one string split on --label_delimiter.
 import functools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -199,9 +200,15 @@ def installed_font_files() -> list[str]:
     from matplotlib import font_manager
 
     known = sorted(font_manager.fontManager.ttflist, key=lambda f: f.name not in PREFERRED_FONTS)
-    files = [f.fname for f in known]
-    # fonts installed after matplotlib built its font cache are not in it (apt-get install fonts-noto-cjk)
-    return list(dict.fromkeys(files + sorted(font_manager.findSystemFonts())))
+    files = [f.fname for f in known if f.weight in (400, "normal", "regular")]
+    # fonts installed after matplotlib built its font cache are not in it (apt-get install fonts-noto-cjk):
+    # Chinese-looking file names first, regular weights before bold ones
+    system = sorted(
+        font_manager.findSystemFonts(),
+        key=lambda p: (not re.search(r"cjk|sc|hei|song|kai|ming|wqy|han", Path(p).name, re.I),
+                       bool(re.search(r"bold|black|heavy|light|thin|medium", Path(p).name, re.I)), p),
+    )  # fmt: skip
+    return list(dict.fromkeys(files + system))
 
 
 def label_font(names: list[str]) -> str | None:
@@ -236,7 +243,8 @@ def draw_report(report: dict):
     if font is None:
         names = [f"#{i}" for i in range(len(names))]
     size = max(4.0, 0.5 * len(names) + 2)
-    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": [font or "DejaVu Sans", "DejaVu Sans"]}):
+    # family names, not the generic sans-serif: the texts keep them, so they are drawn the same after this block
+    with plt.rc_context({"font.family": [font or "DejaVu Sans", "DejaVu Sans"]}):
         fig, ax = plt.subplots(figsize=(size + 1, size + (0.6 if font is None else 0)))
         if "confusion_matrix" in report:
             draw_confusion_matrix(ax, np.array(report["confusion_matrix"]), names)
