@@ -72,14 +72,39 @@ def error_block(exc: UserError, prog: str) -> str:
     )
 
 
+def loading_error(exc: BaseException) -> UserError | None:
+    """A failure to load a model, tokenizer or config, as a UserError with its message; None for anything else.
+
+    That is an OSError raised inside transformers / huggingface_hub (a wrong path or hub id, no network, a missing
+    file), or a ValueError of transformers' Auto classes (a folder that holds no model).
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1].filename.replace("\\", "/") if frames else ""
+    if isinstance(exc, OSError) and any(part in where for part in ("/transformers/", "/huggingface_hub/")):
+        pass
+    elif not (isinstance(exc, ValueError) and "/transformers/models/auto/" in where):
+        return None
+    return UserError(
+        f"{exc} Check --model_name_or_path / --tokenizer_name (and the script's other model paths): a local "
+        "folder, or a hub id with network access."
+    )
+
+
 def run_main(main: Callable, argv: Sequence[str] | None = None):
     """Run a script's `main(argv)`: a UserError becomes its message on stderr and exit status 1 (2), nothing more.
 
-    Only the `if __name__ == "__main__":` line of a script calls this; tests call `main` and see the exception.
+    So does an OSError of transformers while loading a model (see `loading_error`). Only the
+    `if __name__ == "__main__":` line of a script calls this; tests call `main` and see the exception.
     """
     flag_given, argv = split_debug_flag(sys.argv[1:] if argv is None else argv)
     try:
-        return main(argv)
+        try:
+            return main(argv)
+        except (OSError, ValueError) as exc:
+            user_error = None if isinstance(exc, UserError) else loading_error(exc)
+            if user_error is None:
+                raise
+            raise user_error from exc
     except UserError as exc:
         if debug_requested(flag_given):
             traceback.print_exc()

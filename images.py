@@ -480,7 +480,7 @@ def decode_batch_images(rows: list[dict], target_size: int | None) -> tuple[list
         except Exception as exc:  # any decoding failure
             logger.warning("Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc)
     if not kept:
-        raise RuntimeError(
+        raise UserError(
             f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
             "after the check before training. Re-run to check them again."
         )

@@ -114,3 +114,24 @@ def test_a_real_process_bad_line_while_streaming_exit_1_no_traceback(demo_dir, t
         'at column 10): {"text": "坏的一行',
         "(exit status 1; add --debug or set DEBUG=1 to see the traceback)",
     ]
+
+
+@pytest.mark.parametrize("where", ["a folder without a model", "a hub id that is not there"])
+def test_a_model_that_cannot_be_loaded_is_a_message(where, tmp_path, capsys, monkeypatch):
+    from transformers import AutoConfig
+
+    monkeypatch.delenv("DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    path = str(tmp_path) if where.startswith("a folder") else "no-such-org/no-such-model"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda argv: AutoConfig.from_pretrained(path), [])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Check --model_name_or_path" in err
+    assert (path if where.startswith("a folder") else "couldn't find them in the cached files") in err
+
+
+def test_an_os_error_of_our_own_code_keeps_its_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        run_main(lambda argv: (tmp_path / "nope.txt").read_text(), [])
