@@ -172,7 +172,7 @@ class ResumableCheckpoints:
         renames them in from_pretrained, but the Trainer loads the raw names when it resumes, so those weights
         would stay as they were before training (huggingface/transformers#48805).
         """
-        saved = saved_weight_names(checkpoint)
+        saved = saved_weight_names(checkpoint) if checkpoint else None
         if saved is None or saved <= set(model.state_dict()) or not hasattr(model, "save_pretrained"):
             return False
         logger.info("Loading %s through from_pretrained: its weight names differ from the model's.", checkpoint)

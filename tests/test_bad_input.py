@@ -63,6 +63,8 @@ def bad(tmp_path_factory, demo_dir) -> SimpleNamespace:
         "numbers.jsonl": '{"text": "红色的圆", "image_path": 17}\n',
         "no_image_column.csv": "text,picture\n红色的圆,images/train_0000.jpg\n",
         "afile": "not a folder",
+        "broken.parquet": "PAR1 not really parquet",
+        "sheet.xlsx": "not a csv",
     }
     for name, text in texts.items():
         (root / name).write_text(text, encoding="utf-8")
@@ -154,6 +156,16 @@ CLASSIFICATION = [
     Case("a type change", lambda b: {"train_file": b.root / "type_change.jsonl"}, 1,
          r"`--text_column` column 'text' of the train data holds a list in row 1 \(\[\"坏\"\]\) but a string in row 0"),
     Case("a GBK file", lambda b: {"train_file": b.root / "gbk.csv"}, 1, r"gbk\.csv' is not valid utf-8.*--file_encoding gbk"),
+    Case("an Excel file", lambda b: {"train_file": b.root / "sheet.xlsx"}, 2,
+         r"`--train_file` has files of unsupported type \.xlsx; use one of \.csv, \.tsv"),
+    Case("a broken parquet file", lambda b: {"train_file": b.root / "broken.parquet"}, 1,
+         r"Could not read `--train_file` \(.*broken\.parquet\): .*well-formed \.parquet"),
+    Case("a model folder that does not exist", lambda b: {"model_name_or_path": "./models/no-such-bert"}, 2,
+         r"--model_name_or_path '\./models/no-such-bert' does not exist"),
+    Case("a folder that holds no model", lambda b: {"model_name_or_path": b.root / "no_data"}, 1,
+         r"Unrecognized model in .*no_data.*Check --model_name_or_path"),
+    Case("hold out everything", lambda b: {"do_eval": True, "validation_split_percentage": 100}, 2,
+         r"--validation_split_percentage must be in \[0, 100\), got 100"),
     Case("a folder without data files", lambda b: {"train_file": b.root / "no_data"}, 2,
          r"`--train_file` directory '.*no_data' holds no data file \(\.csv, \.tsv"),
     Case("missing column", lambda b: {"train_file": b.root / "comment.csv"}, 1,

@@ -256,6 +256,13 @@ def test_decode_error_after_the_checked_sample_is_still_explained(tmp_path, monk
         load_data_files([str(path)], "train_file")
 
 
+def test_jsonl_with_a_bom_is_read_with_its_first_column_name(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('\ufeff{"text": "好", "label": "正面"}\n{"text": "坏", "label": "负面"}\n'.encode("utf-8"))
+    dataset = load_data_files([str(path)], "train_file")
+    assert dataset.column_names == ["text", "label"] and dataset["text"] == ["好", "坏"]
+
+
 def test_malformed_file_names_split_and_file(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "好"}\n{不是json}\n', encoding="utf-8")
