@@ -98,14 +98,24 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"]
 
 
-def whole_run_train_loss(checkpoint: str | Path, resumed_train_loss: float, global_step: int) -> float | None:
-    """The mean training loss over every step of a resumed run, or None when the checkpoint holds no loss sum.
-
-    `resumed_train_loss` is the Trainer's, the mean over the steps after the checkpoint.
-    """
+def read_loss_sum(checkpoint: str | Path) -> dict | None:
+    """{"global_step", "train_loss_sum"} saved with a checkpoint by ResumableCheckpoints, or None."""
     try:
-        saved = json.loads((Path(checkpoint) / LOSS_SUM_FILE).read_text(encoding="utf-8"))
+        return json.loads((Path(checkpoint) / LOSS_SUM_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def whole_run_train_loss(saved: dict | None, resumed_train_loss: float, global_step: int) -> float | None:
+    """The mean training loss over every step of a resumed run, or None without the checkpoint's loss sum.
+
+    `resumed_train_loss` is the Trainer's, the mean over the steps after the checkpoint; `saved` is
+    `read_loss_sum` of the checkpoint.
+
+    >>> whole_run_train_loss({"global_step": 2, "train_loss_sum": 6.0}, resumed_train_loss=1.5, global_step=6)
+    2.5
+    """
+    if saved is None:
         return None
     resumed_steps = global_step - saved["global_step"]
     return (saved["train_loss_sum"] + resumed_train_loss * resumed_steps) / max(global_step, 1)
@@ -120,6 +130,16 @@ def saved_weight_names(checkpoint: str | Path) -> set[str] | None:
     if (folder / "model.safetensors.index.json").is_file():
         return set(json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"])
     return None
+
+
+def remove_stale_incomplete_checkpoints(output_dir: str, global_step: int) -> None:
+    """Delete incomplete checkpoint folders of steps this run has passed: they would take --save_total_limit's
+    places (its rotation counts every checkpoint-* folder) while complete ones were deleted."""
+    for child in Path(output_dir).iterdir():
+        match = CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir() and int(match.group(1)) < global_step and missing_parts(child):
+            logger.info("Removing %s: incomplete, and this run has saved a newer checkpoint.", child)
+            shutil.rmtree(child, ignore_errors=True)
 
 
 class ResumableCheckpoints:
@@ -154,6 +174,7 @@ class ResumableCheckpoints:
         if self.args.should_save:
             self._move_into_place(os.path.join(staging, name), final, loss_sum)
             shutil.rmtree(staging, ignore_errors=True)
+            remove_stale_incomplete_checkpoints(run_dir, self.state.global_step)
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 

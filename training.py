@@ -20,7 +20,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
 
 from arguments import DEFAULT_PRE_SEQ_LEN
-from checkpoints import checkpoint_step, newest_complete_checkpoint, whole_run_train_loss
+from checkpoints import checkpoint_step, newest_complete_checkpoint, read_loss_sum, whole_run_train_loss
 from errors import UserError
 from launch import end_dry_run, fill_deepspeed_hidden_size, refuse_data_parallel
 
@@ -98,16 +98,17 @@ def resume_checkpoint(training_args) -> str | None:
 def train_with_resume(trainer, training_args) -> dict:
     """Train (resuming if asked) and return the metrics; after a resume `train_loss` covers the whole run."""
     checkpoint = resume_checkpoint(training_args)
+    # read before training: --save_total_limit may delete the checkpoint once newer ones are saved
+    loss_sum = read_loss_sum(checkpoint) if checkpoint else None
     outcome = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(outcome.metrics)
     if checkpoint is not None:
-        whole = whole_run_train_loss(checkpoint, metrics["train_loss"], trainer.state.global_step)
+        whole = whole_run_train_loss(loss_sum, metrics["train_loss"], trainer.state.global_step)
         if whole is None:
             logger.warning(
-                "%s holds no loss total (it was not saved by these scripts): train_loss averages only the %d steps "
+                "%s holds no loss total (it was not saved by these scripts): train_loss averages only the steps "
                 "trained after it.",
                 checkpoint,
-                trainer.state.global_step - checkpoint_step(checkpoint),
             )
         else:
             metrics["train_loss"] = whole
