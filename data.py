@@ -144,7 +144,7 @@ def read_error(exc: Exception, files: list[str], arg_name: str, encoding: str) -
 def library_read_error(cause: Exception, files: list[str], arg_name: str) -> str:
     shown = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
     return (
-        f"Could not read `--{arg_name}` ({shown}): {type(cause).__name__}: {cause}. Check that every file of this "
+        f"Could not read `--{arg_name}` ({shown}): {type(cause).__name__}: {str(cause).rstrip('.')}. Check that every file of this "
         f"split is well-formed {Path(files[0]).suffix.lower()} with the same columns."
     )
 
