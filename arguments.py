@@ -10,12 +10,13 @@ import codecs
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-
+from checkpoints import checkpoint_problem, newest_complete_checkpoint
 from data import resolve_data_files
+from errors import ArgumentError, UserError
 
 DEFAULT_PRE_SEQ_LEN = 128  # P-Tuning v2 prefix length when --pre_seq_len is not given (ChatGLM's example)
 
@@ -247,7 +248,7 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
         if spec:
             try:
                 resolve_data_files(spec, name)
-            except ValueError as exc:
+            except UserError as exc:
                 problems.append(str(exc))
     path = model_args.model_name_or_path
     if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
@@ -256,20 +257,46 @@ def common_problems(model_args: ModelArguments, data_args: DataTrainingArguments
         problem = chatglm_remote_code_problem(getattr(model_args, name), name)
         if problem:
             problems.append(problem)
+    problems += output_dir_problems(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
     if resume and str(resume).lower() not in ("true", "false"):
-        if not Path(resume).is_dir():
-            problems.append(f"--resume_from_checkpoint '{resume}' is not a directory.")
+        problem = checkpoint_problem(resume)
+        if problem:
+            problems.append(f"--resume_from_checkpoint '{resume}' {problem}.")
     elif (
         resume
         and str(resume).lower() == "true"
-        and (not Path(training_args.output_dir).is_dir() or get_last_checkpoint(training_args.output_dir) is None)
+        and (
+            not Path(training_args.output_dir).is_dir() or newest_complete_checkpoint(training_args.output_dir) is None
+        )
     ):
         problems.append(
-            f"--resume_from_checkpoint True, but output_dir '{training_args.output_dir}' has no checkpoint-* "
+            f"--resume_from_checkpoint True, but output_dir '{training_args.output_dir}' has no complete checkpoint-* "
             "folder to resume from. Drop the flag to start afresh, or point it at a checkpoint directory."
         )
     return problems
+
+
+def output_dir_problems(output_dir: str) -> list[str]:
+    """An --output_dir that is a file, or that cannot be created or written, found before anything is loaded.
+
+    Writing is tried (a temporary file in the nearest existing folder, removed at once): permission bits say
+    nothing for root or on a read-only mount.
+    """
+    path = Path(output_dir).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if path.exists() and not path.is_dir():
+        return [f"--output_dir '{output_dir}' is a file, not a folder. Pass a folder path (it is created if needed)."]
+    if existing is not None and not existing.is_dir():
+        return [f"--output_dir '{output_dir}' cannot be created: '{existing}' is a file. Pass another path."]
+    if existing is not None:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            what = "cannot be written" if existing == path else f"cannot be created in '{existing}'"
+            return [f"--output_dir '{output_dir}' {what} ({exc.strerror or exc}). Pass a folder you can write to."]
+    return []
 
 
 def chatglm_remote_code_problem(path: str | None, arg_name: str) -> str | None:
@@ -308,10 +335,27 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def raise_if_problems(problems: list[str]) -> None:
-    """Raise one ValueError listing every problem, so a user fixes them all in one go."""
+def raise_if_problems(problems: list[str], parsed=None) -> None:
+    """Raise one ArgumentError listing every problem, so a user fixes them all in one go.
+
+    With `parsed` (what parsing.parse_args returned), a problem whose flags were set in the argument file says so.
+    """
     if problems:
-        raise ValueError("Invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+        lines = [f"  - {p}{argument_file_note(p, parsed)}" for p in problems]
+        raise ArgumentError("Invalid arguments:\n" + "\n".join(lines))
+
+
+def argument_file_note(problem: str, parsed) -> str:
+    """` (set in args.yaml: learning_rate)` when a flag the problem names got its value from the argument file.
+
+    >>> class Parsed:
+    ...     argument_file, file_keys = "args.yaml", {"do_train", "max_seq_length"}
+    >>> argument_file_note("--max_seq_length must be at least 1, got 0.", Parsed())
+    ' (set in args.yaml: max_seq_length)'
+    """
+    source, keys = getattr(parsed, "argument_file", None), getattr(parsed, "file_keys", ())
+    named = [name for name in dict.fromkeys(re.findall(r"--(\w+)", problem)) if name in keys]
+    return f" (set in {source}: {', '.join(named)})" if source and named else ""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from collators import LABEL_PAD
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ TEMPLATE_NAMES = tuple(TEMPLATES)
 MARKER = "\ue000{}\ue001"  # stands for an answer while the template renders (private-use characters)
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(UserError):
     """The conversation cannot be split into prompt and answers with this template; the message says why."""
 
 

@@ -6,15 +6,20 @@ columns it needs and why a row is unusable.
 """
 
 import codecs
+import csv
 import glob
+import json
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ DATA_FORMATS = {
     ".parquet": "parquet",
 }
 ENCODING_SAMPLE_BYTES = 1 << 20  # check the first MiB of each file before handing it to `datasets`
+DIAGNOSE_BYTES = 1 << 30  # after a reading error, files are scanned for its line up to here
 SPLIT_ARGUMENTS = (("train", "train_file"), ("validation", "validation_file"), ("test", "test_file"))
 
 
@@ -47,12 +53,12 @@ def resolve_data_files(spec: str | Sequence[str], arg_name: str, formats: dict =
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                raise ValueError(f"`--{arg_name}` directory '{entry}' holds no data file ({', '.join(formats)}).")
+                raise UserError(f"`--{arg_name}` directory '{entry}' holds no data file ({', '.join(formats)}).")
             files += found
         elif any(ch in entry for ch in "*?["):
             found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             if not found:
-                raise ValueError(f"`--{arg_name}` pattern '{entry}' matches no file.")
+                raise UserError(f"`--{arg_name}` pattern '{entry}' matches no file.")
             files += found
         elif path.is_file():
             files.append(str(path))
@@ -60,15 +66,15 @@ def resolve_data_files(spec: str | Sequence[str], arg_name: str, formats: dict =
             parent = path.parent if str(path.parent) else Path(".")
             listing = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
             hint = f" Files in '{parent}': {', '.join(listing)}." if listing else ""
-            raise ValueError(f"`--{arg_name}` file '{entry}' does not exist.{hint}")
+            raise UserError(f"`--{arg_name}` file '{entry}' does not exist.{hint}")
     suffixes = {Path(f).suffix.lower() for f in files}
     unsupported = sorted(suffixes - set(formats))
     if unsupported:
-        raise ValueError(
+        raise UserError(
             f"`--{arg_name}` has files of unsupported type {', '.join(unsupported)}; use one of {', '.join(formats)}."
         )
     if len({".json" if s == ".jsonl" else s for s in suffixes}) > 1:
-        raise ValueError(
+        raise UserError(
             f"`--{arg_name}` mixes file types ({', '.join(sorted(suffixes))}); give each split files of one type."
         )
     return files
@@ -85,7 +91,7 @@ def check_encoding(files: list[str], encoding: str, arg_name: str) -> None:
             # final=False: a sample cut inside a multi-byte character is not an error
             codecs.getincrementaldecoder(encoding)().decode(sample, final=len(sample) < ENCODING_SAMPLE_BYTES)
         except UnicodeDecodeError as exc:
-            raise ValueError(encoding_error_message(file, encoding, arg_name, exc)) from None
+            raise UserError(encoding_error_message(file, encoding, arg_name, exc)) from None
 
 
 def encoding_error_message(file: str, encoding: str, arg_name: str, exc: UnicodeDecodeError) -> str:
@@ -121,18 +127,177 @@ def reading_encoding(encoding: str) -> str:
     return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
 
 
-def read_error(exc: Exception, files: list[str], arg_name: str, encoding: str) -> ValueError:
-    """A ValueError naming the files and the fix, for a failure of `datasets` while reading them."""
+def read_error(exc: Exception, files: list[str], arg_name: str, encoding: str) -> UserError:
+    """A UserError naming the file (and line or row) and the fix, for a failure of `datasets` while reading files.
+
+    The library's messages rarely say which file or line ("Trailing data", "row 20" of some block), so the files
+    are read again here to find the first problem; the library's message is the fallback.
+    """
     cause = exc
     while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the real cause
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, UnicodeDecodeError):
-        return ValueError(encoding_error_message(files[0], encoding, arg_name, cause))
+        return UserError(encoding_error_message(files[0], encoding, arg_name, cause))
+    return UserError(files_problem(files, arg_name, encoding) or library_read_error(cause, files, arg_name))
+
+
+def library_read_error(cause: Exception, files: list[str], arg_name: str) -> str:
     shown = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
-    return ValueError(
-        f"Could not read `--{arg_name}` ({shown}): {type(cause).__name__}: {cause}. Check that every file of this "
+    return (
+        f"Could not read `--{arg_name}` ({shown}): {type(cause).__name__}: {str(cause).rstrip('.')}. Check that every file of this "
         f"split is well-formed {Path(files[0]).suffix.lower()} with the same columns."
     )
+
+
+def files_problem(files: list[str], arg_name: str, encoding: str) -> str | None:
+    """The first problem in a split's files (see `file_problem`), or files whose columns differ; None if none found."""
+    first_columns = None
+    for file in files:
+        problem, columns = file_problem(file, reading_encoding(encoding))
+        if problem:
+            return f"`--{arg_name}` file '{file}' {problem}"
+        if first_columns is None:
+            first_columns = (file, columns)
+        elif columns is not None and first_columns[1] is not None and set(columns) != set(first_columns[1]):
+            return (
+                f"`--{arg_name}` file '{file}' has the columns {', '.join(columns)}, but '{first_columns[0]}' has "
+                f"{', '.join(first_columns[1])}: every file of a split needs the same columns."
+            )
+    return None
+
+
+def file_problem(file: str, encoding: str) -> tuple[str | None, list[str] | None]:
+    """(what is wrong with one data file, with its line or row and the fix, or None; its column names if known)."""
+    if os.path.getsize(file) == 0:
+        return "is empty (0 bytes). Remove it, or write rows into it.", None
+    suffix = Path(file).suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
+        return None, None
+    with open(file, encoding=encoding, newline="" if suffix in (".csv", ".tsv") else None) as f:
+        if suffix in (".csv", ".tsv"):
+            return csv_problem(f, suffix == ".tsv")
+        return json_problem(f)
+
+
+def csv_problem(f, tsv: bool) -> tuple[str | None, list[str] | None]:
+    """An unclosed quote, a row with more fields than the header, or a header without rows (line numbers from 1)."""
+    scanned = {"chars": 0}
+    lines = lines_up_to(f, DIAGNOSE_BYTES, scanned)
+    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(lines, strict=True)
+    header, rows, start = None, 0, 1
+    try:
+        for row in reader:
+            if header is None:
+                header = row
+            elif any(cell.strip() for cell in row):
+                rows += 1
+                if len(row) > len(header):
+                    return (
+                        f"line {start} has {len(row)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}). "
+                        + (
+                            "A tab inside a text splits it: replace it with a space."
+                            if tsv
+                            else 'A comma inside a text must be in quotes: "a, b".'
+                        ),
+                        header,
+                    )
+            start = reader.line_num + 1
+    except csv.Error:
+        if scanned["chars"] > DIAGNOSE_BYTES:  # the scan stopped inside a quoted text, not the file
+            return None, header
+        return (
+            f'has a quote (") opened at line {start} that is never closed. Close it; write a quote inside a '
+            'quoted text twice (""); or, if quotes are plain characters in your texts, save the file as .tsv '
+            "(read without quoting).",
+            header,
+        )
+    if header is not None and rows == 0:
+        return f"has a header row ({', '.join(header)}) and no data rows. Add rows below the header.", header
+    return None, header
+
+
+def lines_up_to(f, limit: int, scanned: dict):
+    """The lines of `f` until `limit` characters were read; `scanned["chars"]` counts them."""
+    for line in f:
+        scanned["chars"] += len(line)
+        if scanned["chars"] > limit:
+            return
+        yield line
+
+
+def json_problem(f) -> tuple[str | None, list[str] | None]:
+    """Bad JSON (with its line), a cut-off file, a row that is no object, or a column whose type changes."""
+    text = f.read(DIAGNOSE_BYTES)
+    stripped = text.lstrip()
+    if not stripped:
+        return "holds only blank lines. Write one JSON object per line.", None
+    if stripped[0] in "[{":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if stripped[0] == "[":
+                cut = exc.msg.startswith("Unterminated") or exc.pos >= len(text.rstrip()) - 1
+                return (
+                    f"is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}."
+                    + (" The file ends in the middle of a row: it looks cut off (truncated)." if cut else ""),
+                    None,
+                )
+        else:
+            if isinstance(value, dict) and "\n" in text.strip():
+                return (
+                    "holds one JSON object. Give a JSON array of rows ([{...}, {...}]) or JSON lines (one object "
+                    "per line).",
+                    list(value),
+                )
+            if isinstance(value, dict):  # one JSON line
+                return rows_problem([value], ["line 1"])
+            return rows_problem(value, [f"row {i} (counted from 0)" for i in range(len(value))])
+    rows, places = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            return (
+                f"line {number} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}): {line[:80]}",
+                None,
+            )
+        places.append(f"line {number}")
+    return rows_problem(rows, places)
+
+
+def rows_problem(rows: list, places: list[str]) -> tuple[str | None, list[str] | None]:
+    """A row that is not an object, or a column holding a string in one row and a number (list...) in another."""
+    kinds, columns = {}, None
+    for row, place in zip(rows, places):
+        if not isinstance(row, dict):
+            return f"{place} is a JSON {type(row).__name__}, not an object with column names: {str(row)[:80]}", None
+        columns = columns or list(row)
+        for key, value in row.items():
+            kind = json_kind(value)
+            if kind is None:
+                continue
+            first = kinds.setdefault(key, (kind, place))
+            if first[0] != kind:
+                return (
+                    f"{place}: `{key}` is a {kind} ({json.dumps(value, ensure_ascii=False)[:40]}), but a {first[0]} "
+                    f"on {first[1]}. Give a column one type in every row (quote numbers meant as text).",
+                    columns,
+                )
+    return None, columns
+
+
+def json_kind(value) -> str | None:
+    """The JSON type of a value as a word (None for null)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}[type(value)]
 
 
 def load_data_files(files: list[str], arg_name: str, encoding: str = "utf-8", cache_dir: str | None = None) -> Dataset:
@@ -161,12 +326,13 @@ def stream_columns(files: list[str], arg_name: str, encoding: str = "utf-8") -> 
     """The column names of the files, from their first row (streamed txt files have no schema until one is read)."""
     try:
         first = next(iter(open_data_stream(files, arg_name, encoding).take(1)), None)
-    except ValueError:
+    except UserError:
         raise
     except Exception as exc:  # datasets / pyarrow parse errors
         raise read_error(exc, files, arg_name, encoding) from exc
     if first is None:
-        raise ValueError(f"`--{arg_name}` ({', '.join(files[:3])}) holds no rows.")
+        problem = files_problem(files, arg_name, encoding)
+        raise UserError(problem or f"`--{arg_name}` ({', '.join(files[:3])}) holds no rows.")
     return list(first)
 
 
@@ -201,7 +367,7 @@ def carve_validation_split(train: Dataset, percentage: int, seed: int) -> tuple[
     """Hold out `percentage`% of the training rows for evaluation; the two parts never share a row."""
     n_validation = max(1, round(len(train) * percentage / 100))
     if n_validation >= len(train):
-        raise ValueError(
+        raise UserError(
             f"Cannot hold out {percentage}% of {len(train)} training row(s) for evaluation and still train: "
             "pass --validation_file or a smaller --validation_split_percentage."
         )
@@ -220,17 +386,36 @@ def find_column(dataset: Dataset, wanted: str | None, arg_name: str, candidates:
     columns = dataset.column_names
     if wanted is not None:
         if wanted in columns:
-            return wanted
-        raise ValueError(
+            return check_one_type(dataset, wanted, arg_name, split)
+        raise UserError(
             f"`--{arg_name}` '{wanted}' is not a column of the {split} data; columns are: {', '.join(columns)}."
         )
     for name in candidates:
         if name in columns:
-            return name
-    raise ValueError(
+            return check_one_type(dataset, name, arg_name, split)
+    raise UserError(
         f"Could not find the {split} data's column for `--{arg_name}` (looked for {', '.join(candidates)}); "
         f"columns are: {', '.join(columns)}. Pass --{arg_name} <column>."
     )
+
+
+def check_one_type(dataset, column: str, arg_name: str, split: str) -> str:
+    """The column, when its values have one JSON type; datasets reads mixed ones (`"好"`, `["坏"]`) as Json values."""
+    feature = getattr(dataset, "features", {}).get(column)
+    if type(feature).__name__ != "Json":
+        return column
+    first = None
+    for row, value in enumerate(dataset[column]):
+        kind = json_kind(value)
+        if kind is not None and first is None:
+            first = (kind, row)
+        elif kind is not None and kind != first[0]:
+            raise UserError(
+                f"`--{arg_name}` column '{column}' of the {split} data holds a {kind} in row {row} "
+                f"({json.dumps(value, ensure_ascii=False)[:40]}) but a {first[0]} in row {first[1]} (rows counted "
+                "from 0). Give the column one type in every row (quote numbers meant as text)."
+            )
+    return column
 
 
 def is_blank(value) -> bool:
@@ -277,7 +462,7 @@ def drop_invalid_rows(
     if not keep:
         first = min(examples.values(), key=lambda rows: rows[0])[0]
         reason = next(r for r, rows in examples.items() if rows[0] == first)
-        raise ValueError(
+        raise UserError(
             f"No usable row left in the {split} data: every row was dropped ({dict(reasons)}). The first, row "
             f"{first} (counted from 0), has: {reason}."
         )

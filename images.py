@@ -35,11 +35,13 @@ from data import (
     resolve_data_files,
     sample_limits,
 )
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_CHECK_CHUNK = 2000  # images per progress line and per cache save, so an interrupted check keeps its work
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
+URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://", "oss://", "hdfs://")
 
 
 def to_rgb(image):
@@ -343,8 +345,10 @@ def image_row_problem(row: dict, split: str, image_column: str, caption_column: 
     value = row[image_column]
     if is_blank(value):
         return f"empty or missing image path (--image_column {image_column})"
+    if isinstance(value, str) and value.strip().lower().startswith(URL_PREFIXES):
+        return "the image path is a URL: download the images and write their local paths"
     if not isinstance(value, str):
-        raise ValueError(
+        raise UserError(
             f"`--image_column` '{image_column}' of the {split} data must hold image file paths, but a row "
             f"holds {type(value).__name__}: {str(value)[:80]}. Export the images to files and write their "
             "paths in this column."
@@ -390,7 +394,7 @@ def check_image_rows(
         if dropped_rows:
             log_skipped_images(split, table, dropped_rows, training_args)
         if not keep:
-            raise ValueError(
+            raise UserError(
                 f"No usable image in the {split} data: all {len(table['image_file'])} rows point at missing or "
                 f"broken images (first: '{table['image_file'][0] if table['image_file'] else ''}'). Check "
                 "--image_root (relative paths are resolved against it, or else the data file's folder)."
@@ -426,17 +430,15 @@ def _hold_out_images(table: dict, percentage: int, seed: int) -> tuple[dict, dic
     """Split rows into train / validation by image, so all captions of an image land on the same side."""
     images = list(dict.fromkeys(table["image_file"]))
     if len(images) < 2:
-        raise ValueError(
+        raise UserError(
             "The training data has only one image: cannot hold out a validation split. Pass --validation_file."
         )
     n_validation = max(1, round(len(images) * percentage / 100))
     held_out = set(random.Random(seed).sample(images, n_validation))
     logger.info(
         "No --validation_file: holding out %d of %d training images (%d%%, with all their captions) for evaluation.",
-        n_validation,
-        len(images),
-        percentage,
-    )
+        n_validation, len(images), percentage,
+    )  # fmt: skip
     split = ({k: [] for k in table}, {k: [] for k in table})
     for row, file in enumerate(table["image_file"]):
         side = split[1] if file in held_out else split[0]
@@ -473,7 +475,7 @@ def decode_batch_images(rows: list[dict], target_size: int | None) -> tuple[list
         except Exception as exc:  # any decoding failure
             logger.warning("Leaving out image %s from this batch: %s: %s", row["image_file"], type(exc).__name__, exc)
     if not kept:
-        raise RuntimeError(
+        raise UserError(
             f"No image of this batch could be decoded (first: {rows[0]['image_file']}); the image files changed "
             "after the check before training. Re-run to check them again."
         )
@@ -486,7 +488,7 @@ def load_image_processor(path: str, arg_name: str, hub_kwargs: dict):
         # the PIL backend: the one that works without torchvision, and the same pixels on every machine
         return transformers.AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
     except (OSError, ValueError) as exc:
-        raise ValueError(
+        raise UserError(
             f"--{arg_name} '{path}' has no image processor (preprocessor_config.json) to turn images into pixel "
             f"values: {exc}. Use a vision checkpoint that ships one (every ViT / CLIP on the hub does), or save "
             "one next to the weights with ViTImageProcessor(...).save_pretrained(dir)."

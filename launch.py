@@ -6,6 +6,9 @@ configuration) in their constructor.
 """
 
 import argparse
+import base64
+import binascii
+import importlib.util
 import json
 import logging
 import os
@@ -14,10 +17,12 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
 
 import torch
 from transformers.utils import strtobool
 
+from errors import ArgumentError, UserError
 from parsing import read_argument_file, split_argument_file
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,11 @@ def prepare_launch(argv: Sequence[str] | Mapping | None = None) -> list[str] | d
     """
     args = sys.argv[1:] if argv is None else argv
     use_cpu, deepspeed = launch_settings(args)
+    problem = deepspeed_problem(deepspeed)
+    if problem:
+        path = None if isinstance(args, Mapping) else split_argument_file(args)[0]
+        from_file = path and "--deepspeed" not in args and not any(str(a).startswith("--deepspeed=") for a in args)
+        raise ArgumentError(problem + (f" (`deepspeed` is set in {path})" if from_file else ""))
     has_accelerator = torch.accelerator.is_available()
     flags = launch_flags(use_cpu, deepspeed, os.environ, has_accelerator)
     if deepspeed and not any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
@@ -69,6 +79,30 @@ def launch_settings(args: Sequence[str] | Mapping) -> tuple[bool, str | None]:
     except ValueError:
         use_cpu = False  # not a boolean: parse_args reports it
     return use_cpu, deepspeed or None
+
+
+def deepspeed_problem(deepspeed) -> str | None:
+    """What stops --deepspeed before TrainingArguments try it: DeepSpeed not installed, or a config that is no file."""
+    if not deepspeed:
+        return None
+    if importlib.util.find_spec("deepspeed") is None:
+        return (
+            "--deepspeed needs DeepSpeed, which is not installed. Install it after torch, against that torch: "
+            "pip install --no-build-isolation deepspeed==0.19.8 (its ops compile on first use: g++ and ninja)."
+        )
+    if isinstance(deepspeed, str) and not Path(deepspeed).is_file() and not _is_inline_config(deepspeed):
+        shipped = ", ".join(sorted(p.name for p in (Path(__file__).parent / "ds_configs").glob("*.json")))
+        return f"--deepspeed '{deepspeed}' is not a file. Pass a DeepSpeed config JSON; this project ships ds_configs/ {shipped}."
+    return None
+
+
+def _is_inline_config(value: str) -> bool:
+    """A config given as JSON text or base64-encoded JSON, which transformers accepts instead of a path."""
+    try:
+        json.loads(value if value.lstrip().startswith("{") else base64.urlsafe_b64decode(value))
+    except (ValueError, binascii.Error):
+        return False
+    return True
 
 
 def launch_flags(use_cpu: bool, deepspeed, environ: Mapping[str, str], has_accelerator: bool) -> list[str]:
@@ -136,7 +170,7 @@ def refuse_data_parallel(training_args, model_parallel: bool = False) -> None:
         return
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "run_x.py"
     torchrun = shlex.join(["torchrun", "--nproc_per_node", str(gpus), script, *sys.argv[1:]])
-    raise ValueError(
+    raise UserError(
         f"{gpus} GPUs are visible to this single process, which would train them with DataParallel (slow, and "
         f"GPU 0 runs out of memory first). Start one process per GPU:\n  {torchrun}\n"
         f"or train on one GPU: CUDA_VISIBLE_DEVICES=0 python {shlex.join([script, *sys.argv[1:]])}\n"

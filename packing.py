@@ -28,6 +28,7 @@ import pyarrow as pa
 import torch
 
 from data import is_blank, open_data_stream, read_error
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ class BlockRecipe:
         try:
             for batch in stream.iter(batch_size=DOCUMENTS_PER_BATCH):
                 yield [as_document(value) for value in batch[self.text_column]]
-        except ValueError:
+        except UserError:
             raise
         except Exception as exc:  # datasets / pyarrow parse errors
             raise read_error(exc, self.files, self.arg_name, self.encoding) from exc
@@ -297,8 +298,8 @@ def split_documents(batches, holdout_percentage: float, rng: random.Random, stat
         yield kept, heldout
 
 
-def too_small_error(what: str, tokens: int, documents: int, block_size: int, fix: str) -> ValueError:
-    return ValueError(
+def too_small_error(what: str, tokens: int, documents: int, block_size: int, fix: str) -> UserError:
+    return UserError(
         f"{what} has only {tokens} tokens ({documents} documents) after tokenization: fewer than one "
         f"--block_size block of {block_size} tokens. {fix}"
     )

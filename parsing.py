@@ -12,12 +12,15 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+
+from errors import ArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +94,27 @@ V4_KEYS = {
 }
 
 
+class ParsedArguments(tuple):
+    """The parsed argument objects, in the order of the dataclasses, and which values came from the argument file."""
+
+    def __new__(cls, parsed, argument_file: str | None = None, file_keys=()):
+        obj = super().__new__(cls, parsed)
+        obj.argument_file, obj.file_keys = argument_file, frozenset(file_keys)
+        return obj
+
+
+class _ArgparseError(Exception):
+    """argparse's complaint about one value, caught by parse_args (which knows whether it came from the file)."""
+
+
 class StrictArgumentParser(HfArgumentParser):
-    """HfArgumentParser without prefix matching (`--learning` must not silently mean `--learning_rate`)."""
+    """HfArgumentParser without prefix matching (`--learning` must not silently mean `--learning_rate`).
+
+    A bad value raises instead of printing the ~150-line usage: parse_args names the flag or file it came from.
+    """
+
+    def error(self, message):
+        raise _ArgparseError(message)
 
     def __init__(self, dataclass_types, prog: str | None = None):
         super().__init__(dataclass_types, prog=prog, allow_abbrev=False)
@@ -145,6 +167,7 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
 
     unknown, problems = [], []
     file_values = _translate_v4_keys(file_values, source, problems)
+    given_on_command_line = {parser.dest_of.get(t[2:].split("=")[0], t) for t in cli if t.startswith("--")}
     cli = _translate_v4_flags(cli, problems)
     for key in list(file_values):
         if key not in parser.dest_of:
@@ -152,20 +175,32 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | Mapping | 
         elif parser.dest_of[key] != key:
             file_values[parser.dest_of[key]] = file_values.pop(key)
     problems += _apply_file_values(parser, file_values, source)
+    from_file = {k for k in file_values if k in parser.dest_of.values()} - given_on_command_line
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(
             args=cli, return_remaining_strings=True, look_for_args_file=False
         )
-    except SystemExit as exc:
-        if exc.code not in (0, None):  # argparse already printed the reason (e.g. a bad choice)
-            raise ValueError("Invalid command-line arguments; see the message above.") from None
-        raise
+    except _ArgparseError as exc:
+        raise ArgumentError("\n".join([*problems, _argparse_problem(str(exc), parser, from_file, source)])) from None
+    except (
+        ValueError
+    ) as exc:  # TrainingArguments' own checks (e.g. --load_best_model_at_end without matching strategies)
+        raise ArgumentError("\n".join([*problems, f"Invalid arguments: {exc}"])) from exc
     unknown += [f"`{token}`" for token in remaining]
     if unknown:
         problems.append(_unknown_arguments_problem(unknown, parser, prog))
     if problems:
-        raise ValueError("\n".join(problems))
-    return tuple(parsed)
+        raise ArgumentError("\n".join(problems))
+    return ParsedArguments(parsed, source if source.lower().endswith(ARGUMENT_FILE_SUFFIXES) else None, from_file)
+
+
+def _argparse_problem(message: str, parser: StrictArgumentParser, from_file: set[str], source: str) -> str:
+    """argparse's `argument --learning_rate: invalid float value: 'abc'`, naming the argument file it came from."""
+    match = re.match(r"argument --([\w-]+)", message)
+    dest = parser.dest_of.get(match.group(1)) if match else None
+    if dest in from_file:
+        return f"`{dest}` (in {source}): {message.split(': ', 1)[-1]}. Fix the value in {source}."
+    return f"{message}. `python {parser.prog} --help` describes every argument."
 
 
 def _apply_file_values(parser: StrictArgumentParser, file_values: dict, source: str) -> list[str]:
@@ -204,7 +239,7 @@ def _unknown_arguments_problem(unknown: list[str], parser: StrictArgumentParser,
 def read_argument_file(path: str, warn: bool = True) -> dict:
     """Read a JSON or YAML argument file, warning about keys that appear twice (the last one wins)."""
     if not Path(path).is_file():
-        raise ValueError(f"Argument file '{path}' does not exist.")
+        raise ArgumentError(f"Argument file '{path}' does not exist.")
     text = Path(path).read_text(encoding="utf-8-sig")
     if path.endswith(".json"):
 
@@ -219,15 +254,31 @@ def read_argument_file(path: str, warn: bool = True) -> dict:
         try:
             values = json.loads(text, object_pairs_hook=keep_last_and_warn)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"Argument file '{path}' is not valid JSON: {exc}") from None
+            raise ArgumentError(
+                f"Argument file '{path}' is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+                "JSON has no comments and no comma after the last item."
+            ) from None
     else:
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"Argument file '{path}' is not valid YAML: {exc}") from None
+            raise ArgumentError(yaml_error_message(path, text, exc)) from None
     if not isinstance(values, dict):
-        raise ValueError(f"Argument file '{path}' must hold one mapping of argument names to values.")
+        raise ArgumentError(
+            f"Argument file '{path}' must hold one mapping of argument names to values (`learning_rate: 2.0e-5`, "
+            f"one per line), not a {type(values).__name__}."
+        )
     return values
+
+
+def yaml_error_message(path: str, text: str, exc: yaml.YAMLError) -> str:
+    """Where a YAML file is broken (line, column), what the parser says, and the usual cause."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+    hint = " YAML indents with spaces, never tabs." if "\t" in line or "'\\t'" in problem else ""
+    return f"Argument file '{path}' is not valid YAML{where}: {problem}.{hint}"
 
 
 def _translate_v4_keys(values: dict, source: str, conflicts: list) -> dict:

@@ -11,8 +11,10 @@ Labels may be ints or strings; their names are stored in the model config, so
 of labels per row, or one string split on --label_delimiter.
 """
 
+import functools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,16 +32,19 @@ from transformers import (
 )
 
 from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
+from checkpoints import ResumableCheckpoints
 from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from errors import UserError, run_main
 from launch import prepare_launch
 from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
 from parsing import parse_args
-from training import FileOrderEvaluation, setup_run, train_evaluate_predict, write_json
+from training import FileOrderEvaluation, check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "text_a", "sentence1", "query")
 LABEL_COLUMNS = ("label", "labels", "class", "category")
+LIKELY_DELIMITERS = ("|", ",", ";", "/", "，", "、", "；", "｜")  # what joins several labels in one cell
 
 
 @dataclass
@@ -109,11 +114,26 @@ def check_known_labels(dataset, split, label_column, label2id, multi_label, deli
                 unknown.append((row, name))
     if unknown:
         shown = "; ".join(f"row {row}: '{name}'" for row, name in unknown[:5])
-        raise ValueError(
+        raise UserError(
             f"The {split} data has {len(unknown)} label(s) that never occur in {source} (rows counted from 0): "
             f"{shown}{' ...' if len(unknown) > 5 else ''}. Known labels: {', '.join(label2id)}. "
             "Fix or remove those rows, or add examples of the label to the training data."
         )
+
+
+def warn_about_delimiters(dataset, label_column: str) -> None:
+    """Warn when single-label values look like several labels joined (`价格|物流`): each join becomes a class."""
+    labels = [str(v).strip() for v in dataset[label_column] if not is_blank(v)]
+    for delimiter in LIKELY_DELIMITERS:
+        joined = [label for label in labels if delimiter in label.strip(delimiter)]
+        if len(joined) >= max(3, len(labels) // 100):
+            logger.warning(
+                "%d of %d training labels in `--label_column` %s contain '%s' (e.g. '%s'): as a single-label task "
+                "each combination is one class (%d classes). If a row has several labels, pass --label_delimiter "
+                "'%s' to train multi-label.",
+                len(joined), len(labels), label_column, delimiter, joined[0], len(set(labels)), delimiter,
+            )  # fmt: skip
+            return
 
 
 def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
@@ -137,8 +157,9 @@ def warn_about_leaks(raw: datasets.DatasetDict, text_columns: dict) -> None:
             )
 
 
-class ClassificationTrainer(FileOrderEvaluation, Trainer):
-    """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length."""
+class ClassificationTrainer(FileOrderEvaluation, ResumableCheckpoints, Trainer):
+    """The stock Trainer, with predictions.csv rows in the test file's order even under group_by_length, and
+    checkpoints that a kill cannot leave half written."""
 
 
 class ClassificationMetrics:
@@ -155,51 +176,109 @@ class ClassificationMetrics:
         return classification_metrics(predictions, eval_pred.label_ids, self.multi_label)
 
 
-def cjk_font() -> str | None:
-    """A font family that can draw Chinese label names, if the system has one."""
+PREFERRED_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
+                   "Microsoft YaHei", "PingFang SC")  # fmt: skip
+NO_FONT_NOTE = (
+    "No installed font has the characters of the label names, so they are drawn as #ids; eval_report.json maps "
+    "each id to its name.\nInstall a CJK font to see the names: apt-get install fonts-noto-cjk"
+)
+
+
+@functools.cache
+def font_characters(path: str) -> frozenset[int]:
+    """The code points a font file has glyphs for."""
+    from matplotlib import ft2font
+
+    try:
+        return frozenset(ft2font.FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def installed_font_files() -> list[str]:
+    """The font files matplotlib knows, the preferred CJK families first, then any other on the system."""
     from matplotlib import font_manager
 
-    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
-    available = {f.name for f in font_manager.fontManager.ttflist}
-    return next((name for name in wanted if name in available), None)
+    known = sorted(font_manager.fontManager.ttflist, key=lambda f: f.name not in PREFERRED_FONTS)
+    files = [f.fname for f in known if f.weight in (400, "normal", "regular")]
+    # fonts installed after matplotlib built its font cache are not in it (apt-get install fonts-noto-cjk):
+    # Chinese-looking file names first, regular weights before bold ones
+    system = sorted(
+        font_manager.findSystemFonts(),
+        key=lambda p: (not re.search(r"cjk|sc|hei|song|kai|ming|wqy|han", Path(p).name, re.I),
+                       bool(re.search(r"bold|black|heavy|light|thin|medium", Path(p).name, re.I)), p),
+    )  # fmt: skip
+    return list(dict.fromkeys(files + system))
 
 
-def plot_report(report: dict, path: Path) -> None:
-    """The confusion matrix (single-label) or per-label precision/recall/F1 bars (multi-label) as a PNG."""
+def label_font(names: list[str]) -> str | None:
+    """A font family with a glyph for every character of the label names, or None (matplotlib would draw boxes).
+
+    The default font first (it has Latin, Greek, Cyrillic); never matplotlib's Last Resort font, which has a box
+    for every character.
+    """
+    from matplotlib import font_manager, rcParams
+
+    wanted = {ord(c) for c in "".join(names) if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    for path in [default, *installed_font_files()]:
+        if wanted <= font_characters(path) and "LastResort" not in Path(path).name:
+            if path not in {f.fname for f in font_manager.fontManager.ttflist}:
+                font_manager.fontManager.addfont(path)
+            return font_manager.FontProperties(fname=path).get_name()
+    return None
+
+
+def draw_report(report: dict):
+    """The confusion matrix (single-label) or per-label precision/recall/F1 bars (multi-label) as a figure.
+
+    Label names are drawn in a font that has their characters; when none is installed, as #ids with a note.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = report["labels"]
-    font = cjk_font()
-    if font:
-        plt.rcParams["font.sans-serif"] = [font, *plt.rcParams["font.sans-serif"]]
-    elif any(not n.isascii() for n in names):
-        # without a CJK font matplotlib draws empty boxes; ids are readable, and the JSON maps them to names
+    names, font = report["labels"], label_font(report["labels"])
+    if font is None:
         names = [f"#{i}" for i in range(len(names))]
     size = max(4.0, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    if "confusion_matrix" in report:
-        matrix = np.array(report["confusion_matrix"])
-        ax.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("confusion matrix")
-    else:
-        x = np.arange(len(names))
-        for k, metric in enumerate(("precision", "recall", "f1")):
-            values = [report["per_class"][n][metric] for n in report["labels"]]
-            ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=metric)
-        ax.set_xticks(x, names, rotation=45, ha="right")
-        ax.set_ylim(0, 1.05)
-        ax.legend()
-        ax.set_title("per-label scores")
-    fig.tight_layout()
+    # family names, not the generic sans-serif: the texts keep them, so they are drawn the same after this block
+    with plt.rc_context({"font.family": [font or "DejaVu Sans", "DejaVu Sans"]}):
+        fig, ax = plt.subplots(figsize=(size + 1, size + (0.6 if font is None else 0)))
+        if "confusion_matrix" in report:
+            draw_confusion_matrix(ax, np.array(report["confusion_matrix"]), names)
+        else:
+            x = np.arange(len(names))
+            for k, metric in enumerate(("precision", "recall", "f1")):
+                values = [report["per_class"][n][metric] for n in report["labels"]]
+                ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=metric)
+            ax.set_xticks(x, names, rotation=45, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.legend()
+            ax.set_title("per-label scores")
+        if font is None:
+            fig.text(0.01, 0.01, NO_FONT_NOTE, fontsize=7, va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.08 if font is None else 0, 1, 1))
+    return fig
+
+
+def draw_confusion_matrix(ax, matrix: np.ndarray, names: list[str]) -> None:
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """draw_report's figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(report)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -282,6 +361,8 @@ def load_classification_data(data_args, task_args, training_args, cache_dir) -> 
         problem = partial(row_problem, roles=roles, multi_label=multi_label, delimiter=task_args.label_delimiter)
         raw[split] = drop_invalid_rows(raw[split], split, list(roles.values()), problem)
     warn_about_leaks(raw, columns.text)
+    if "train" in columns.label and not multi_label:
+        warn_about_delimiters(raw["train"], columns.label["train"])
     return raw, columns, multi_label
 
 
@@ -307,7 +388,7 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
                 label_names,
             )
         if len(label_names) < 2 and not multi_label:
-            raise ValueError(
+            raise UserError(
                 f"`--label_column` '{columns.label['train']}' has only one distinct label ({label_names}) in the "
                 "training data; classification needs at least two."
             )
@@ -316,7 +397,7 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
         label_names = sorted(model_label2id, key=model_label2id.get)
         source = f"the model's labels ({model_name})"
     else:
-        raise ValueError(
+        raise UserError(
             f"Without --do_train the label names come from the model, but '{model_name}' has "
             "none (its config has only LABEL_0, LABEL_1, ...). Evaluate a model fine-tuned by this script."
         )
@@ -356,11 +437,13 @@ def encode_batch(batch, split, tokenizer, columns: Columns, label_names, multi_l
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     if split in columns.label:
         labels = [normalize_label(v, multi_label, delimiter) for v in batch[columns.label[split]]]
+        label2id = {name: i for i, name in enumerate(label_names)}
+        # `label_ids`, not `labels`: datasets keeps the type of a file's own `labels` column (strings) for an
+        # output column of that name; DataCollatorWithPadding renames `label_ids` to `labels`
         if multi_label:
-            encoded["labels"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
+            encoded["label_ids"] = [[1.0 if name in row else 0.0 for name in label_names] for row in labels]
         else:
-            label2id = {name: i for i, name in enumerate(label_names)}
-            encoded["labels"] = [label2id[name] for name in labels]
+            encoded["label_ids"] = [label2id[name] for name in labels]
     return encoded
 
 
@@ -393,13 +476,18 @@ def load_model(model_args, config, tokenizer, label_names: list[str], multi_labe
     config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    return AutoModelForSequenceClassification.from_pretrained(
+    model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         **model_args.hub_kwargs(),
         dtype=model_args.dtype,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer), model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
+    )
+    return model
 
 
 def write_eval_report(trainer, compute_metrics, label_names, multi_label, output_dir: Path) -> None:
@@ -443,7 +531,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, task_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -496,4 +584,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

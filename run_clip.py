@@ -44,12 +44,14 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
+from checkpoints import ResumableCheckpoints
 from collators import ImageTextCollator
+from errors import UserError, run_main
 from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
 from launch import prepare_launch
 from metrics import embedding_retrieval_metrics
 from parsing import parse_args
-from training import setup_run, train_evaluate_predict, write_json
+from training import check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def contrastive_loss(
     return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_image, targets)) / 2
 
 
-class ContrastiveTrainer(Trainer):
+class ContrastiveTrainer(ResumableCheckpoints, Trainer):
     """Trainer whose loss is `contrastive_loss`, and whose eval returns embeddings for the retrieval metrics.
 
     Labels of a batch are (row, image_index) pairs: the metrics group captions by image, and the predictions
@@ -280,7 +282,7 @@ def check_is_dual_encoder(model_args, hub_kwargs) -> None:
     """Fail early when --model_name_or_path is a text-only or image-only model, and say what to pass instead."""
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
-        raise ValueError(
+        raise UserError(
             f"--model_name_or_path '{model_args.model_name_or_path}' is a {config.model_type} model "
             f"({', '.join(config.architectures or [])}), not an image-text dual encoder (ChineseCLIPModel, "
             "CLIPModel, VisionTextDualEncoderModel). To build one from a text model and a vision model, pass them "
@@ -390,8 +392,13 @@ def freeze_towers(model, task_args) -> None:
     logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
 
 
-def caption_length(model, task_args) -> int:
-    """--max_seq_length, at most the text model's positions."""
+def caption_length(model, task_args, processor, model_args) -> int:
+    """--max_seq_length, at most the text model's positions; a tokenizer that does not fit the model is refused."""
+    text_source = model_args.model_name_or_path or task_args.text_model_name_or_path
+    check_vocabulary_fits(
+        len(processor.tokenizer), model.text_model.get_input_embeddings(), model_args.tokenizer_name or text_source,
+        text_source,
+    )  # fmt: skip
     max_length = task_args.max_seq_length
     max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
     if max_positions and max_length > max_positions:
@@ -409,7 +416,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, image_args, task_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -439,7 +446,10 @@ def main(argv=None) -> dict:
 
     # trainer
     collator = ImageTextCollator(
-        processor.image_processor, processor.tokenizer, caption_length(model, task_args), target_size
+        processor.image_processor,
+        processor.tokenizer,
+        caption_length(model, task_args, processor, model_args),
+        target_size,
     )
     trainer = ContrastiveTrainer(
         model=model,
@@ -466,4 +476,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

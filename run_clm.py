@@ -36,13 +36,16 @@ from arguments import (
     finetuning_problems,
     raise_if_problems,
 )
+from checkpoints import ResumableCheckpoints
 from data import find_column, resolve_data_files, stream_columns, take_first
+from errors import UserError, run_main
 from launch import prepare_launch
 from metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
 from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks, pack_in_memory
 from parsing import parse_args
 from training import (
     apply_lora,
+    check_vocabulary_fits,
     load_adapter,
     lora_adapter_dir,
     read_adapter_config,
@@ -163,9 +166,7 @@ def use_adapter_base(model_args, finetuning_args, training_args) -> str | None:
         model_args.tokenizer_name = model_args.tokenizer_name or adapter_dir
         model_args.model_name_or_path = read_adapter_config(adapter_dir)["base_model_name_or_path"]
         if training_args.do_train and finetuning_args.finetuning_type != "lora":
-            raise ValueError(
-                f"'{adapter_dir}' holds a LoRA adapter: continue training it with --finetuning_type lora."
-            )
+            raise UserError(f"'{adapter_dir}' holds a LoRA adapter: continue training it with --finetuning_type lora.")
     return adapter_dir
 
 
@@ -232,7 +233,7 @@ def load_tokenizer_and_config(model_args, finetuning_args, task_args):
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
     added_tokens = add_missing_special_tokens(tokenizer, from_scratch)
     if "eos_token" in added_tokens and finetuning_args.finetuning_type == "lora":
-        raise ValueError(
+        raise UserError(
             "The tokenizer has no eos token, and LoRA cannot train the new embedding row one would need. Use "
             "--finetuning_type full, or a --tokenizer_name that has an eos token."
         )
@@ -245,14 +246,14 @@ def load_tokenizer_and_config(model_args, finetuning_args, task_args):
             config.update_from_string(task_args.config_overrides)
         except (ValueError, AttributeError) as exc:
             keys = ", ".join(sorted(k for k in config.to_dict() if not k.startswith("_"))[:40])
-            raise ValueError(
+            raise UserError(
                 f"--config_overrides '{task_args.config_overrides}': {exc}. Config keys: {keys}."
             ) from None
     positions = max_positions(config)
     block_size = task_args.block_size or min(1024, positions or 1024)
     if positions and block_size > positions:
         fix = "--config_overrides n_positions=..." if from_scratch else "a smaller --block_size"
-        raise ValueError(f"--block_size {block_size} exceeds the model's {positions} positions; use {fix}.")
+        raise UserError(f"--block_size {block_size} exceeds the model's {positions} positions; use {fix}.")
     return tokenizer, config, block_size
 
 
@@ -317,7 +318,11 @@ def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str 
         model = AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path, config=config, dtype=model_args.dtype, **model_args.hub_kwargs()
         )
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+        check_vocabulary_fits(
+            tokenizer.vocab_size, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
+        )
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # an added eos
             model.resize_token_embeddings(len(tokenizer))
     for settings in (model.config, model.generation_config):
         settings.eos_token_id = tokenizer.eos_token_id
@@ -331,6 +336,10 @@ def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str 
     if finetuning_args.finetuning_type == "lora":
         return apply_lora(model, finetuning_args, "CAUSAL_LM")
     return model
+
+
+class CLMTrainer(ResumableCheckpoints, Trainer):
+    """The stock Trainer, with checkpoints that a kill cannot leave half written."""
 
 
 def collate_blocks(features: list[dict]) -> dict:
@@ -402,7 +411,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, finetuning_args, task_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -429,7 +438,7 @@ def main(argv=None) -> dict:
 
     # trainer
     evaluating = training_args.do_eval and "validation" in processed
-    trainer = Trainer(
+    trainer = CLMTrainer(
         model=model,
         args=training_args,
         train_dataset=processed.get("train"),
@@ -460,4 +469,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -48,6 +48,7 @@ from arguments import (
     raise_if_problems,
 )
 from collators import LABEL_PAD, ImageCaptionCollator
+from errors import UserError, run_main
 from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
 from launch import prepare_launch
 from metrics import caption_metrics, strip_tokenizer_spaces
@@ -58,7 +59,7 @@ from trainer_seq2seq import (
     decode_generations,
     write_generated_predictions,
 )
-from training import setup_run, train_evaluate_predict
+from training import check_vocabulary_fits, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def check_models(model_args, task_args, hub_kwargs: dict) -> None:
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
         if config.model_type != "vision-encoder-decoder":
-            raise ValueError(
+            raise UserError(
                 f"--model_name_or_path '{model_args.model_name_or_path}' is a {config.model_type} model, not a "
                 "VisionEncoderDecoderModel. To build a captioning model from an image encoder and a text decoder, "
                 "pass them as --encoder_model_name_or_path and --decoder_model_name_or_path instead."
@@ -156,13 +157,13 @@ def check_models(model_args, task_args, hub_kwargs: dict) -> None:
         return
     encoder_config = AutoConfig.from_pretrained(task_args.encoder_model_name_or_path, **hub_kwargs)
     if hasattr(encoder_config, "text_config"):
-        raise ValueError(
+        raise UserError(
             f"--encoder_model_name_or_path '{task_args.encoder_model_name_or_path}' is a {encoder_config.model_type} "
             "image-text model; pass a vision encoder (ViT, DeiT, Swin, BEiT...), e.g. google/vit-base-patch16-224."
         )
     decoder_config = AutoConfig.from_pretrained(task_args.decoder_model_name_or_path, **hub_kwargs)
     if decoder_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(
+        raise UserError(
             f"--decoder_model_name_or_path '{task_args.decoder_model_name_or_path}' is a "
             f"{decoder_config.model_type} model, which cannot generate text; pass a Chinese GPT-2 (e.g. "
             "uer/gpt2-chinese-cluecorpussmall) or BERT (e.g. bert-base-chinese)."
@@ -278,8 +279,19 @@ def caption_datasets(pairs, tokenizer, max_length: int) -> dict[str, Dataset]:
     return data
 
 
-def set_decoder_tokens(model, tokenizer, added_tokens: int, from_checkpoint: bool) -> None:
-    """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens."""
+def set_decoder_tokens(model, tokenizer, added_tokens: int, model_args, task_args) -> None:
+    """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens.
+
+    A tokenizer with more ids of its own than the decoder has embeddings (one from another model) is refused.
+    """
+    from_checkpoint = bool(model_args.model_name_or_path)
+    decoder = model_args.model_name_or_path or task_args.decoder_model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer) - added_tokens,
+        model.decoder.get_input_embeddings(),
+        model_args.tokenizer_name or decoder,
+        decoder,
+    )
     rows = model.decoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
         model.decoder.resize_token_embeddings(len(tokenizer))
@@ -345,7 +357,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, image_args, task_args, generation_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args)
@@ -386,7 +398,7 @@ def main(argv=None) -> dict:
 
     # model
     model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
-    set_decoder_tokens(model, tokenizer, added_tokens, from_checkpoint=bool(model_path))
+    set_decoder_tokens(model, tokenizer, added_tokens, model_args, task_args)
     freeze_encoder(model, task_args)
 
     # trainer: the saved model then captions the way it was evaluated
@@ -421,4 +433,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -53,11 +53,12 @@ from chat_format import (
 )
 from collators import PromptResponseCollator
 from data import drop_invalid_rows, limit_samples, load_raw_datasets
+from errors import run_main
 from launch import prepare_launch
 from metrics import rouge_bleu, strip_tokenizer_spaces
 from parsing import parse_args
 from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
-from training import apply_lora, apply_ptuning, load_adapter, setup_run, train_evaluate_predict
+from training import apply_lora, apply_ptuning, check_vocabulary_fits, load_adapter, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -461,6 +462,10 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
     model = model_class.from_pretrained(
         model_args.model_name_or_path, config=config, **model_args.hub_kwargs(), dtype=model_args.dtype, **load_kwargs
     )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    check_vocabulary_fits(
+        len(tokenizer) - added_tokens, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
+    )
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
     if task_args.quantization_bit:
@@ -546,7 +551,7 @@ def main(argv=None) -> dict:
     # validate
     args = parse_args(ARGUMENT_CLASSES, prepare_launch(argv))
     model_args, data_args, task_args, finetuning_args, generation_args, training_args = args
-    raise_if_problems(argument_problems(*args))
+    raise_if_problems(argument_problems(*args), args)
 
     # set up the run
     setup_run(args, model_parallel=task_args.model_parallel_mode)
@@ -599,4 +604,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,6 +22,7 @@ import sys
 import threading
 
 from chat_format import TEMPLATE_NAMES
+from errors import ArgumentError, run_main
 from serve_api import build_app
 from serve_batching import ContinuousEngine, GenerationRequest, WaveEngine
 from serve_model import Served, ServeError, TextStream, default_device, describe_folder, load_served, pad_id_of
@@ -65,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for name in ("max_batch_size", "max_concurrent_requests", "max_tokens", "max_prompt_tokens", "max_inputs"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise ArgumentError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     return args
 
 
@@ -161,16 +162,11 @@ def write_flushed(text: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        served, engine = load(args)
-    except ServeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    served, engine = load(args)
     try:
         if args.chat:
             if not served.can_chat:
-                print(f"error: --chat needs a chat model; {args.output_dir} holds a {served.kind.description}.")
-                return 1
+                raise ServeError(f"--chat needs a chat model; {args.output_dir} holds a {served.kind.description}.")
             terminal_chat(served, engine, args, iter(sys.stdin.readline, ""), write_flushed)
             return 0
         import uvicorn
@@ -185,4 +181,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -16,6 +16,7 @@ import torch
 
 from chat_data import conversation_problem
 from chat_format import ChatFormat, ChatFormatError, choose_chat_template, encoder_decoder_prompt
+from errors import UserError
 from metrics import strip_tokenizer_spaces
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SCRIPTS = "run_seq2seq_ptuning.py, run_clm.py, run_classification.py, run_clip.py or run_image_captioning.py"
 
 
-class ServeError(ValueError):
-    """A folder or request serve.py cannot serve; the message says what was found and what to do."""
+class ServeError(UserError):
+    """A folder or request serve.py cannot serve; the message says what was found and what to do (exit status 1)."""
 
 
 @dataclass

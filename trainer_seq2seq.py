@@ -18,6 +18,7 @@ import transformers
 from transformers import GenerationConfig
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from checkpoints import ResumableCheckpoints
 from metrics import strip_tokenizer_spaces
 from training import FileOrderEvaluation
 
@@ -44,7 +45,7 @@ def build_generation_config(
     return config
 
 
-class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
+class GenerationTrainer(FileOrderEvaluation, ResumableCheckpoints, transformers.Seq2SeqTrainer):
     """Generation eval for decoder-only and encoder-decoder models, with the given generation settings."""
 
     def __init__(self, *args, generation_config: GenerationConfig | None = None, **kwargs):

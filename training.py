@@ -8,7 +8,6 @@ are loaded with checks that they match the arguments.
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,9 +18,10 @@ import torch
 import transformers
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
-from transformers.trainer_utils import get_last_checkpoint
 
 from arguments import DEFAULT_PRE_SEQ_LEN
+from checkpoints import checkpoint_step, newest_complete_checkpoint, read_loss_sum, whole_run_train_loss
+from errors import UserError
 from launch import end_dry_run, fill_deepspeed_hidden_size, refuse_data_parallel
 
 matplotlib.use("Agg")  # no display on training servers
@@ -67,20 +67,55 @@ def setup_run(parsed: Sequence, model_parallel: bool = False):
     return training_args
 
 
-def resume_checkpoint(training_args) -> str | bool | None:
-    """--resume_from_checkpoint as Trainer.train wants it: a path, True (newest in output_dir) or None."""
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint --resume_from_checkpoint names: a path, or for True the newest complete one in output_dir.
+
+    Incomplete checkpoint folders (cut off by a kill while saving) are skipped with a warning; the one chosen is
+    logged. Without the flag, a warning says when output_dir holds a checkpoint that training will not continue.
+    """
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() == "false":
-        if training_args.do_train and os.path.isdir(training_args.output_dir):
-            last = get_last_checkpoint(training_args.output_dir)
-            if last is not None:
-                logger.warning(
-                    "output_dir already holds %s; training starts afresh and overwrites it. "
-                    "Pass --resume_from_checkpoint True to continue from it instead.",
-                    last,
-                )
+        last = newest_complete_checkpoint(training_args.output_dir) if training_args.do_train else None
+        if last is not None:
+            logger.warning(
+                "output_dir already holds %s; training starts afresh and overwrites it. "
+                "Pass --resume_from_checkpoint True to continue from it instead.",
+                last,
+            )
         return None
-    return True if str(value).lower() == "true" else str(value)
+    checkpoint = str(value)
+    if checkpoint.lower() == "true":
+        checkpoint = newest_complete_checkpoint(training_args.output_dir, warn=True)
+        if checkpoint is None:
+            raise UserError(
+                f"--resume_from_checkpoint True, but output_dir '{training_args.output_dir}' has no complete "
+                "checkpoint-* folder to resume from. Drop the flag to start afresh."
+            )
+    logger.warning("Resuming from %s (step %d).", checkpoint, checkpoint_step(checkpoint))
+    return checkpoint
+
+
+def train_with_resume(trainer, training_args) -> dict:
+    """Train (resuming if asked) and return the metrics; after a resume `train_loss` covers the whole run."""
+    checkpoint = resume_checkpoint(training_args)
+    # read before training: --save_total_limit may delete the checkpoint once newer ones are saved
+    loss_sum = read_loss_sum(checkpoint) if checkpoint else None
+    outcome = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(outcome.metrics)
+    if checkpoint is not None:
+        whole = whole_run_train_loss(loss_sum, metrics["train_loss"], trainer.state.global_step)
+        if whole is None:
+            logger.warning(
+                "%s holds no loss total (it was not saved by these scripts): train_loss averages only the steps "
+                "trained after it.",
+                checkpoint,
+            )
+        else:
+            metrics["train_loss"] = whole
+            for entry in trainer.state.log_history:  # the Trainer logged the resumed-only mean
+                if "train_loss" in entry:
+                    entry["train_loss"] = whole
+    return metrics
 
 
 def train_evaluate_predict(
@@ -100,9 +135,8 @@ def train_evaluate_predict(
     results = {}
     fill_deepspeed_hidden_size(trainer)
     if training_args.do_train:
-        outcome = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+        metrics = train_with_resume(trainer, training_args)
         trainer.save_model()
-        metrics = dict(outcome.metrics)
         if hasattr(train_dataset, "__len__"):  # a streamed (iterable) dataset has no length
             metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
@@ -152,6 +186,21 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
     logger.info("Loss curve written to %s", path)
 
 
+def check_vocabulary_fits(tokens: int, embeddings, tokenizer_source: str, model_source: str) -> None:
+    """Refuse a tokenizer with more ids than the model has embedding rows (a tokenizer from another model).
+
+    The first step would fail with `IndexError: index out of range in self`. `tokens` counts the tokenizer's own
+    ids, not the special tokens a script adds (those rows are added to the model).
+    """
+    rows = embeddings.num_embeddings
+    if tokens > rows:
+        raise UserError(
+            f"The tokenizer ({tokenizer_source}) has {tokens} tokens, but the model ({model_source}) has embeddings "
+            f"for only {rows}: token ids from {rows} up do not exist in this model. Use the tokenizer saved with the "
+            "model (drop --tokenizer_name, or copy its tokenizer files next to the weights)."
+        )
+
+
 def write_json(path: str | Path, obj) -> None:
     """UTF-8 JSON that keeps Chinese readable."""
     Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -171,7 +220,7 @@ def apply_lora(model, finetuning_args, task_type: str):
             linear = sorted(
                 {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")}
             )
-            raise ValueError(
+            raise UserError(
                 f"`--lora_target` {', '.join(missing)} is not a module of this model; its linear layers are: "
                 f"{', '.join(linear)} (or use 'all')."
             )
@@ -244,7 +293,7 @@ def load_adapter(
     if method == "ptuning" and finetuning_args.prefix_projection and not saved.get("prefix_projection"):
         mismatches.append("it was trained without --prefix_projection")
     if mismatches:
-        raise ValueError(f"--{arg_name} '{checkpoint}' does not match the arguments: {'; '.join(mismatches)}.")
+        raise UserError(f"--{arg_name} '{checkpoint}' does not match the arguments: {'; '.join(mismatches)}.")
     trained_on = saved.get("base_model_name_or_path")
     if trained_on and Path(str(trained_on)).resolve() != Path(base_model).resolve() and trained_on != base_model:
         logger.warning("%s was trained on %s; loading it onto %s.", checkpoint, trained_on, base_model)

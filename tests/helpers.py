@@ -1,7 +1,11 @@
-"""Small helpers shared by the tests: argv from a dict, the real models in ../shared, tiny ChatGLM checkpoints."""
+"""Small helpers shared by the tests: argv from a dict, the real models in ../shared, tiny ChatGLM checkpoints, a run
+killed while it saves a checkpoint."""
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -74,3 +78,45 @@ def make_checkpoint(
     index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
     (path / "pytorch_model.bin.index.json").write_text(json.dumps(index), encoding="utf-8")
     return weights
+
+
+def kill_while_saving(main, argv: list[str], step: int) -> int:
+    """Run `main(argv)` in a forked child that SIGKILLs itself halfway through writing checkpoint-{step}.
+
+    The kill lands after the weights and optimizer are written and before the RNG and trainer state: what a kill
+    during a save leaves behind. Forked, the child starts with every module already imported. Returns its exit
+    code (-9 when the kill happened).
+    """
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_train_until_killed, args=(main, argv, step))
+    child.start()
+    child.join(timeout=600)
+    return child.exitcode
+
+
+def _train_until_killed(main, argv: list[str], step: int) -> None:
+    from transformers import Trainer
+
+    save_rng_state = Trainer._save_rng_state
+
+    def killed_at_step(trainer, output_dir):
+        if trainer.state.global_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save_rng_state(trainer, output_dir)
+
+    Trainer._save_rng_state = killed_at_step
+    main(argv)
+
+
+def count_training_steps(monkeypatch) -> list:
+    """Patch the Trainer to count its training steps (batches) into the returned list."""
+    from transformers import Trainer
+
+    steps, training_step = [], Trainer.training_step
+
+    def counted(trainer, *args, **kwargs):
+        steps.append(trainer.state.global_step)
+        return training_step(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", counted)
+    return steps

@@ -11,6 +11,7 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
+from checkpoints import newest_complete_checkpoint
 from parsing import parse_args
 
 SHARED = [ModelArguments, DataTrainingArguments, TrainingArguments]
@@ -95,24 +96,51 @@ def test_train_glob_matching_nothing(tmp_path):
     ]
 
 
+def write_checkpoint(folder, step: int, complete: bool = True):
+    """A checkpoint folder as the Trainer leaves it; incomplete: killed before trainer_state.json was written."""
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    if complete:
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}', encoding="utf-8")
+    return folder
+
+
 def test_resume_true_without_checkpoint(tmp_path, train_csv):
     (tmp_path / "out").mkdir()
     problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="True")
     assert len(problems) == 1
     assert problems[0].startswith(
-        f"--resume_from_checkpoint True, but output_dir '{tmp_path / 'out'}' has no checkpoint-*"
+        f"--resume_from_checkpoint True, but output_dir '{tmp_path / 'out'}' has no complete checkpoint-*"
     )
 
 
 def test_resume_true_with_missing_output_dir(tmp_path, train_csv):
     problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="true")
     assert len(problems) == 1
-    assert "has no checkpoint-* folder to resume from" in problems[0]
+    assert "has no complete checkpoint-* folder to resume from" in problems[0]
 
 
 def test_resume_true_with_a_checkpoint(tmp_path, train_csv):
-    (tmp_path / "out" / "checkpoint-500").mkdir(parents=True)
+    write_checkpoint(tmp_path / "out" / "checkpoint-500", 500)
     assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="True") == []
+
+
+def test_resume_true_with_only_an_incomplete_checkpoint(tmp_path, train_csv):
+    write_checkpoint(tmp_path / "out" / "checkpoint-500", 500, complete=False)
+    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint="True")
+    assert "has no complete checkpoint-* folder to resume from" in problems[0]
+
+
+def test_newest_complete_checkpoint_skips_incomplete_ones_with_a_warning(tmp_path, caplog):
+    write_checkpoint(tmp_path / "checkpoint-6", 6)
+    write_checkpoint(tmp_path / "checkpoint-12", 12, complete=False)
+    (tmp_path / "checkpoint-9").mkdir()  # nothing written yet
+    write_checkpoint(tmp_path / "tmp-checkpoint-15" / "checkpoint-15", 15)  # a save still being staged
+    with caplog.at_level("WARNING"):
+        assert newest_complete_checkpoint(tmp_path, warn=True) == str(tmp_path / "checkpoint-6")
+    skipped = [r.getMessage() for r in caplog.records]
+    assert len(skipped) == 2 and "checkpoint-12: it is incomplete (it lacks trainer_state.json)" in skipped[0]
+    assert "checkpoint-9: it is incomplete (it lacks trainer_state.json and the model weights" in skipped[1]
 
 
 def test_resume_false_is_no_problem(tmp_path, train_csv):
@@ -126,9 +154,19 @@ def test_resume_path_that_does_not_exist(tmp_path, train_csv):
 
 
 def test_resume_path_that_exists(tmp_path, train_csv):
-    checkpoint = tmp_path / "旧运行" / "checkpoint-12"
-    checkpoint.mkdir(parents=True)
+    checkpoint = write_checkpoint(tmp_path / "旧运行" / "checkpoint-12", 12)
     assert problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint=str(checkpoint)) == []
+
+
+def test_resume_path_that_is_incomplete_says_what_is_missing(tmp_path, train_csv):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-12", 12, complete=False)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 1', encoding="utf-8")  # cut off mid-write
+    problems = problems_of(tmp_path, do_train=True, train_file=train_csv, resume_from_checkpoint=str(checkpoint))
+    assert problems == [
+        f"--resume_from_checkpoint '{checkpoint}' is incomplete (it lacks a readable trainer_state.json (this one "
+        "is cut off)): the run that wrote it was probably stopped while saving. Pass an older checkpoint, or "
+        "--resume_from_checkpoint True for the newest complete one."
+    ]
 
 
 def test_image_data_problems_name_the_flag(tmp_path):

@@ -4,7 +4,6 @@ import csv
 import itertools
 import json
 import logging
-import shutil
 
 import pandas as pd
 import pytest
@@ -190,33 +189,6 @@ def test_multi_label_from_delimited_strings(demo_dir, tmp_path):
     assert sorted(config["label2id"]) == sorted(["价格", "质量", "物流", "服务", "外观"])
 
 
-@pytest.mark.slow
-def test_resume_reaches_the_same_result(demo_dir, tmp_path):
-    """Stopping after checkpoint-6 and resuming must end where an uninterrupted run ends."""
-    data = demo_dir / "data" / "sentiment"
-    overrides = dict(
-        train_file=data / "train.csv",
-        max_train_samples=400,
-        per_device_train_batch_size=16,
-        max_steps=12,  # 25 batches per epoch: the resume lands mid-epoch
-        save_strategy="steps",
-        save_steps=6,
-        do_train=True,
-        do_eval=True,
-    )
-    full = run_classification.main(common_args(demo_dir, tmp_path / "full", **overrides))
-    # what a run killed between step 6 and step 12 leaves behind: only checkpoint-6
-    (tmp_path / "stopped").mkdir()
-    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "stopped" / "checkpoint-6")
-    resumed = run_classification.main(
-        common_args(demo_dir, tmp_path / "stopped", resume_from_checkpoint="True", **overrides)
-    )
-    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-5)
-    assert resumed["eval_accuracy"] == full["eval_accuracy"]
-    no_resume = run_classification.main(common_args(demo_dir, tmp_path / "other", **dict(overrides, max_steps=6)))
-    assert no_resume["eval_loss"] != pytest.approx(full["eval_loss"], abs=1e-5)  # the comparison can fail
-
-
 # ---- bad input: clear errors, or rows dropped with a logged count --------------------------------------------
 
 
@@ -285,3 +257,117 @@ def test_argument_errors_are_collected(demo_dir, tmp_path):
     assert "--do_train needs --train_file" in message
     assert "--model_name_or_path is required" in message
     assert "--max_seq_length must be at least 1" in message
+
+
+def test_label_column_named_labels_gives_integer_label_ids(demo_dir, tmp_path):
+    """A file column called `labels` once crashed the collator: datasets kept its string type for the output."""
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    path = tmp_path / "labels.csv"
+    path.write_text("text,labels\n好评,正面\n差评,负面\n", encoding="utf-8")
+    raw = datasets.load_dataset("csv", data_files=str(path), split="train")
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "models" / "bert-tiny-zh")
+    columns = run_classification.Columns({"train": "text"}, {}, {"train": "labels"})
+    encoded = raw.map(
+        run_classification.encode_batch, batched=True, remove_columns=raw.column_names,
+        fn_kwargs={"split": "train", "tokenizer": tokenizer, "columns": columns, "label_names": ["正面", "负面"],
+                   "multi_label": False, "delimiter": None, "max_length": 16},
+    )  # fmt: skip
+    batch = DataCollatorWithPadding(tokenizer)(encoded.to_list())
+    assert batch["labels"].tolist() == [0, 1]
+
+
+def test_joined_single_labels_warn_and_name_label_delimiter(caplog):
+    import datasets
+
+    labels = ["价格|物流"] * 5 + ["价格"] * 40 + ["物流|服务"] * 3
+    dataset = datasets.Dataset.from_dict({"labels": labels})
+    with caplog.at_level(logging.WARNING):
+        run_classification.warn_about_delimiters(dataset, "labels")
+    assert caplog.records[0].getMessage() == (
+        "8 of 48 training labels in `--label_column` labels contain '|' (e.g. '价格|物流'): as a single-label task each "
+        "combination is one class (3 classes). If a row has several labels, pass --label_delimiter '|' to train "
+        "multi-label."
+    )
+    caplog.clear()
+    run_classification.warn_about_delimiters(datasets.Dataset.from_dict({"labels": ["正面", "负面", "A/B"]}), "labels")
+    assert not caplog.records  # one such label is not a pattern
+
+
+# ---- label names in plots: drawn with a font that has them, or as ids with a note --------------------------------
+
+
+def build_font(path, family: str, characters: str) -> str:
+    """A TrueType font with a square glyph for each character (what matters here is which characters it has)."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    names = [".notdef", *(f"uni{ord(c):04X}" for c in characters)]
+    pen = TTGlyphPen(None)
+    for x, y in ((100, 0), (100, 700), (800, 700), (800, 0)):
+        (pen.lineTo if x != 100 or y != 0 else pen.moveTo)((x, y))
+    pen.closePath()
+    square = pen.glyph()
+    builder = FontBuilder(1000, isTTF=True)
+    builder.setupGlyphOrder(names)
+    builder.setupCharacterMap({ord(c): f"uni{ord(c):04X}" for c in characters})
+    builder.setupGlyf(dict.fromkeys(names, square))
+    builder.setupHorizontalMetrics(dict.fromkeys(names, (900, 100)))
+    builder.setupHorizontalHeader(ascent=800, descent=-200)
+    builder.setupNameTable({"familyName": family, "styleName": "Regular"})
+    builder.setupOS2()
+    builder.setupPost()
+    builder.save(str(path))
+    return str(path)
+
+
+def drawn_labels(fig) -> list[tuple[str, str]]:
+    """(text, font file matplotlib draws it with) of every tick label, after rendering the figure."""
+    from matplotlib import font_manager
+
+    fig.canvas.draw()
+    labels = [t for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels()) if t.get_text()]
+    return [(t.get_text(), font_manager.findfont(t.get_fontproperties(), fallback_to_default=False)) for t in labels]
+
+
+REPORT = {"labels": ["正面", "负面"], "confusion_matrix": [[3, 1], [0, 4]]}
+
+
+def test_label_names_are_drawn_with_a_font_that_has_their_characters(tmp_path, monkeypatch):
+    from matplotlib import font_manager
+
+    font = build_font(tmp_path / "tiny-cjk.ttf", "Tiny CJK Test", "正负面")
+    monkeypatch.setattr(run_classification, "installed_font_files", lambda: [font])
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+    fig = run_classification.draw_report(REPORT)
+    drawn = drawn_labels(fig)
+    assert [text for text, _ in drawn] == ["正面", "负面", "正面", "负面"]
+    for text, file in drawn:  # the font that draws each label has a glyph for every character of it
+        assert {ord(c) for c in text} <= run_classification.font_characters(file), (text, file)
+    assert not fig.texts  # no note: the names are there
+    run_classification.plot_report(REPORT, tmp_path / "matrix.png")
+    assert (tmp_path / "matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_such_a_font_ids_are_drawn_and_the_plot_says_why(tmp_path, monkeypatch):
+    from matplotlib import font_manager
+
+    dejavu = font_manager.findfont("DejaVu Sans")
+    monkeypatch.setattr(run_classification, "installed_font_files", lambda: [dejavu])
+    fig = run_classification.draw_report(REPORT)
+    drawn = drawn_labels(fig)
+    assert [text for text, _ in drawn] == ["#0", "#1", "#0", "#1"]
+    note = fig.texts[0].get_text()
+    assert "eval_report.json maps each id to its name" in note and "apt-get install fonts-noto-cjk" in note
+    for text, file in [*drawn, (note, font_manager.findfont(fig.texts[0].get_fontproperties()))]:
+        assert {ord(c) for c in text if not c.isspace()} <= run_classification.font_characters(file)
+
+
+def test_matplotlibs_last_resort_font_does_not_count(monkeypatch):
+    from matplotlib import font_manager
+
+    last_resort = next(f.fname for f in font_manager.fontManager.ttflist if "LastResort" in f.fname)
+    assert ord("正") in run_classification.font_characters(last_resort)  # it has a box for every character
+    monkeypatch.setattr(run_classification, "installed_font_files", lambda: [last_resort])
+    assert run_classification.label_font(["正面"]) is None

@@ -22,6 +22,7 @@ from data import (
     resolve_data_files,
     take_first,
 )
+from errors import UserError
 
 TEXTS = ["这家餐厅的菜很好吃", "物流太慢了，等了一个星期", "客服态度非常好"]
 LABELS = ["正面", "负面", "正面"]
@@ -255,10 +256,19 @@ def test_decode_error_after_the_checked_sample_is_still_explained(tmp_path, monk
         load_data_files([str(path)], "train_file")
 
 
+def test_jsonl_with_a_bom_is_read_with_its_first_column_name(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('\ufeff{"text": "好", "label": "正面"}\n{"text": "坏", "label": "负面"}\n'.encode("utf-8"))
+    dataset = load_data_files([str(path)], "train_file")
+    assert dataset.column_names == ["text", "label"] and dataset["text"] == ["好", "坏"]
+
+
 def test_malformed_file_names_split_and_file(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "好"}\n{不是json}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"Could not read `--train_file` \(.*bad\.jsonl\): .*well-formed \.jsonl"):
+    with pytest.raises(
+        UserError, match=r"`--train_file` file '.*bad\.jsonl' line 2 is not valid JSON .*: \{不是json\}"
+    ):
         load_data_files([str(path)], "train_file")
 
 

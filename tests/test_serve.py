@@ -27,6 +27,7 @@ from serve_models import (
 
 import serve
 from chat_format import ChatFormat
+from errors import run_main
 from launch import free_port
 from serve_model import ServeError, describe_folder
 
@@ -287,11 +288,13 @@ def test_folders_it_cannot_serve_are_refused_with_what_they_hold(demo_dir, tmp_p
     (remote / "config.json").write_text('{"model_type": "chatglm", "auto_map": {"AutoModel": "x.Y"}}')
     with pytest.raises(ServeError, match="trust_remote_code is off.*convert_chatglm"):
         describe_folder(remote)
-    assert serve.main([str(empty)]) == 1
-    assert "error: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the script's way out: the message, no traceback
+        run_main(serve.main, [str(empty)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "error: " in error and "holds" in error and "Traceback" not in error
     with pytest.raises(SystemExit) as exit_info:
-        serve.main([str(empty), "--max_tokens", "0"])
-    assert exit_info.value.code == 2
+        run_main(serve.main, [str(empty), "--max_tokens", "0"])
+    assert exit_info.value.code == 2 and "--max_tokens must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_adapter_folder_names_its_base(chat_dir, tmp_path):
