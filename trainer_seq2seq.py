@@ -72,6 +72,13 @@ class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
             return super().get_train_dataloader()
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batches = TokenBudgetBatchSampler(self.train_dataset["length"], self.max_tokens_per_batch, seed)
+        logger.info(
+            "%d training batches of up to %d tokens per epoch (%.1f rows each on average), shared by %d process(es)",
+            len(batches),
+            self.max_tokens_per_batch,
+            len(self.train_dataset) / max(len(batches), 1),
+            self.args.world_size,
+        )
         loader = DataLoader(
             self.train_dataset,
             batch_sampler=batches,
