@@ -2,15 +2,16 @@
 
 transformers provides the batch: `DataCollatorWithFlattening` concatenates the examples, restarts the position ids
 at each and puts -100 on the first label of each, so no token learns to predict the next example. transformers
-also keeps the examples apart from those position ids: `masking_utils` turns restarting position ids into a mask
-for sdpa, eager and flex attention, and flash-attention runs its varlen kernel on the example boundaries the
-collator passes (`cu_seq_lens_q` / `cu_seq_lens_k`). This module adds only what the library lacks:
+also keeps the examples apart from those position ids: without a cache (the Trainer trains with use_cache=False)
+`masking_utils` turns restarting position ids into a mask for sdpa, eager and flex attention, and flash-attention
+runs its varlen kernel on the example boundaries the collator passes (`cu_seq_lens_q` / `cu_seq_lens_k`). This
+module adds only what the library lacks:
 
 - `packed_sdpa_attention` (attention implementation `packed_sdpa`): torch's sdpa run once per example. The
-  library's packed mask for sdpa is a dense mask over the whole flattened batch, so every token pays attention
-  over all the batch's tokens (measured on 2 CPU cores, batch 8 of multi-turn chat: 1.13x the speed of padded
-  batches, against 1.36x here; the ideal was 1.38x). Per example, P-Tuning's prefix (a past_key_values cache,
-  which turns the library's packing detection off) is visible to every example too.
+  library's packed mask for sdpa is one dense mask over the whole flattened batch, so every token pays attention
+  over all the batch's tokens (measured on a shared 2-core VM, a batch of 8 multi-turn chat rows: 1.13x the speed
+  of the padded batch, against 1.36x here; the ideal was 1.38x). And P-Tuning's prefix is a past_key_values
+  cache, which turns the library's packing detection off: here every example sees it.
 - `TokenBudgetBatchSampler`: batches filled up to `--max_tokens_per_batch` tokens instead of a fixed row count.
 - `padding_free_problems`: the models and settings padding-free batches are proven for (tests/test_padding_free.py).
 """
@@ -35,6 +36,17 @@ def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
     return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
+_BOUNDS = {"tensor": None, "list": []}
+
+
+def example_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
+    """`cu_seq_lens` as a list, read once per forward: every layer gets the same tensor, and reading a GPU
+    tensor waits for the GPU."""
+    if _BOUNDS["tensor"] is not cu_seq_lens:
+        _BOUNDS["tensor"], _BOUNDS["list"] = cu_seq_lens, cu_seq_lens.tolist()
+    return _BOUNDS["list"]
+
+
 def packed_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
     """sdpa within each example of a flattened batch (`cu_seq_lens_q`: where the examples start), causal.
 
@@ -45,19 +57,20 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens
     if attention_mask is not None or (cu_seq_lens_q is None and offset == 0):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     settings = {name: kwargs[name] for name in ("dropout", "scaling") if name in kwargs}
-    bounds = cu_seq_lens_q.tolist() if cu_seq_lens_q is not None else [0, query.shape[2]]
+    bounds = example_bounds(cu_seq_lens_q) if cu_seq_lens_q is not None else [0, query.shape[2]]
+    lengths = [end - start for start, end in zip(bounds, bounds[1:])]
+    # split, not sliced: the backward of a split is one concatenation, a slice's is a zero-filled full-size tensor
+    own_keys, own_values = (key[:, :, offset:], value[:, :, offset:]) if offset else (key, value)
+    pieces = zip(query.split(lengths, dim=2), own_keys.split(lengths, dim=2), own_values.split(lengths, dim=2))
     outputs = []
-    for start, end in zip(bounds, bounds[1:]):
-        keys, values = key[:, :, offset + start : offset + end], value[:, :, offset + start : offset + end]
+    for length, (queries, keys, values) in zip(lengths, pieces):
         mask, causal = None, True
         if offset:  # the prefix, then the example's own keys up to each query
             keys = torch.cat([key[:, :, :offset], keys], dim=2)
             values = torch.cat([value[:, :, :offset], values], dim=2)
-            mask = torch.ones(end - start, offset + end - start, dtype=torch.bool, device=query.device)
+            mask = torch.ones(length, offset + length, dtype=torch.bool, device=query.device)
             mask, causal = mask.tril(offset)[None, None], None
-        out, _ = sdpa_attention_forward(
-            module, query[:, :, start:end], keys, values, mask, is_causal=causal, **settings
-        )
+        out, _ = sdpa_attention_forward(module, queries, keys, values, mask, is_causal=causal, **settings)
         outputs.append(out)
     return torch.cat(outputs, dim=1), None
 
@@ -105,6 +118,7 @@ class TokenBudgetBatchSampler:
     """
 
     def __init__(self, lengths: list[int], max_tokens: int, seed: int = 0):
+        lengths = list(lengths)  # a datasets column reads the table at every index
         if max(lengths, default=0) > max_tokens:
             raise ValueError(
                 f"--max_tokens_per_batch {max_tokens} is smaller than the longest training example "

@@ -96,9 +96,10 @@ class GenerationTrainer(FileOrderEvaluation, transformers.Seq2SeqTrainer):
 
     def _get_eval_sampler(self, eval_dataset):
         columns = getattr(eval_dataset, "column_names", None) or []
-        if "row" not in columns or "length" not in columns:
+        if "row" not in columns or "input_ids" not in columns:
             return super()._get_eval_sampler(eval_dataset)
-        lengths = [len(p) for p in eval_dataset["prompt_ids"]] if "prompt_ids" in columns else eval_dataset["length"]
+        key = "prompt_ids" if "prompt_ids" in columns else "input_ids"  # what generation continues
+        lengths = [len(ids) for ids in eval_dataset[key]]
         return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):

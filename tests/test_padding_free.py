@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import skip_first_batches
 from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
 from helpers import to_argv
@@ -188,10 +189,24 @@ def test_trainer_fills_training_batches_to_the_token_budget(tmp_path):
         data_collator=PaddingFreeCollator(PromptResponseCollator(0)),
         max_tokens_per_batch=64,
     )
-    batches = list(trainer.get_train_dataloader())
+    loader = trainer.get_train_dataloader()
+    batches = list(loader)
     assert len(batches) == len(TokenBudgetBatchSampler(dataset["length"], 64, seed=5))
     assert all(b["input_ids"].shape[0] == 1 and b["input_ids"].shape[1] <= 64 for b in batches)
     assert sum(b["input_ids"].shape[1] for b in batches) == sum(dataset["length"])
+    # resuming mid-epoch (the Trainer skips the batches already trained) gives the rest of the same epoch
+    second_epoch = epoch_batches(loader, 1)
+    assert second_epoch != epoch_batches(loader, 0)
+    assert epoch_batches(skip_first_batches(loader, 3), 1) == second_epoch[3:]
+
+
+def epoch_batches(loader, epoch: int) -> list:
+    """The batches of `epoch`, with the epoch set as Trainer._run_epoch sets it."""
+    loader.set_epoch(epoch)
+    inner = getattr(loader.batch_sampler, "batch_sampler", None)
+    if hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+    return [b["input_ids"].tolist() for b in loader]
 
 
 def test_evaluation_runs_longest_prompt_first(tmp_path):
