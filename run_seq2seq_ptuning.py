@@ -56,6 +56,7 @@ from data import drop_invalid_rows, limit_samples, load_raw_datasets
 from errors import run_main
 from launch import prepare_launch
 from metrics import rouge_bleu, strip_tokenizer_spaces
+from padding_free import PACKED_SDPA, PaddingFreeCollator, padding_free_problems
 from parsing import parse_args
 from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
 from training import apply_lora, apply_ptuning, check_vocabulary_fits, load_adapter, setup_run, train_evaluate_predict
@@ -135,6 +136,20 @@ class PromptResponseArguments:
             "batches are otherwise padded to their own longest row."
         },
     )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on batches of real tokens only: the rows of a batch are concatenated into one, positions "
+            "restart at each and no row attends to another (decoder-only models). Evaluation batches stay padded."
+        },
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --padding_free: fill each training batch with rows up to this many tokens instead of "
+            "--per_device_train_batch_size rows, so every step has about the same size."
+        },
+    )
     ignore_pad_token_for_loss: bool = field(
         default=True, metadata={"help": "Kept for ChatGLM argument files: padding never counts in the loss."}
     )
@@ -184,6 +199,37 @@ def quantization_problems(bits: int | None, finetuning_type: str) -> list[str]:
     return problems
 
 
+def batching_problems(model_args, task_args) -> list[str]:
+    """What is wrong with --padding_free / --max_tokens_per_batch; a local model's config is read for it (a hub
+    model's is checked once it is loaded)."""
+    problems = []
+    folder = Path(model_args.config_name or model_args.model_name_or_path or "")
+    if task_args.padding_free and (folder / "config.json").is_file():
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError):  # not loadable: reported by the checks of the model itself
+            config = None
+        longest = task_args.max_source_length + task_args.max_target_length
+        problems += padding_free_problems(config, longest) if config is not None else []
+    if task_args.padding_free and task_args.pad_to_max_length:
+        problems.append(
+            "--padding_free and --pad_to_max_length contradict each other (batches without padding, or padded to "
+            "max_source_length + max_target_length): choose one."
+        )
+    budget, longest = task_args.max_tokens_per_batch, task_args.max_source_length + task_args.max_target_length
+    if budget is not None and not task_args.padding_free:
+        problems.append(
+            "--max_tokens_per_batch needs --padding_free: a padded batch costs rows x its longest row, not its "
+            "tokens. Add --padding_free, or set --per_device_train_batch_size instead."
+        )
+    elif budget is not None and budget < longest:
+        problems.append(
+            f"--max_tokens_per_batch {budget} is smaller than one example can be ({longest} tokens: "
+            "--max_source_length + --max_target_length): raise it, or lower those."
+        )
+    return problems
+
+
 def argument_problems(model_args, data_args, task_args, finetuning_args, generation_args, training_args) -> list[str]:
     """Every problem with the arguments, found before anything is loaded."""
     problems = common_problems(model_args, data_args, training_args)
@@ -218,6 +264,7 @@ def argument_problems(model_args, data_args, task_args, finetuning_args, generat
             "is loaded with --model_name_or_path instead."
         )
     problems += quantization_problems(task_args.quantization_bit, finetuning_args.finetuning_type)
+    problems += batching_problems(model_args, task_args)
     if task_args.model_parallel_mode and training_args.world_size > 1:
         problems.append(
             "--model_parallel_mode runs ONE process that spreads the model over the GPUs; do not launch it with "
@@ -240,6 +287,12 @@ def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> N
     ):
         logger.warning(
             "--pre_seq_len is set but --finetuning_type is %s: it is ignored.", finetuning_args.finetuning_type
+        )
+    if task_args.max_tokens_per_batch is not None:
+        logger.info(
+            "Training batches hold up to %d tokens each (--max_tokens_per_batch): --per_device_train_batch_size "
+            "and --train_sampling_strategy are not used for them.",
+            task_args.max_tokens_per_batch,
         )
     if not task_args.ignore_pad_token_for_loss:
         logger.warning("--ignore_pad_token_for_loss false is ignored: learning to predict padding only hurts.")
@@ -457,6 +510,8 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_type="nf4",
         )
+    if task_args.padding_free:  # sdpa within each example of a flattened batch (padding_free.py)
+        load_kwargs["attn_implementation"] = PACKED_SDPA
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     model = model_class.from_pretrained(
@@ -496,16 +551,18 @@ def set_stop_tokens(model, tokenizer, stop_ids: list[int], training_args) -> Non
         base.generation_config.save_pretrained(training_args.output_dir)
 
 
-def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool) -> PromptResponseCollator:
-    """Dynamic padding, or ChatGLM's static padding to max_source + max_target with --pad_to_max_length."""
+def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool):
+    """Dynamic padding, ChatGLM's static padding to max_source + max_target with --pad_to_max_length, or
+    padding-free training batches with --padding_free (evaluation batches padded dynamically)."""
     total = task_args.max_source_length + task_args.max_target_length
     static = task_args.pad_to_max_length
-    return PromptResponseCollator(
+    padded = PromptResponseCollator(
         tokenizer.pad_token_id,
         pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
         max_length=(task_args.max_source_length if encoder_decoder else total) if static else None,
         max_label_length=(task_args.max_target_length if encoder_decoder else total) if static else None,
     )
+    return PaddingFreeCollator(padded) if task_args.padding_free else padded
 
 
 class ChatMetrics:
@@ -562,6 +619,8 @@ def main(argv=None) -> dict:
 
     # tokenizer, and the prompt format: the chat template, its answer spans and stop tokens
     tokenizer, config, added_tokens, model_stop_ids = load_tokenizer_and_config(model_args)
+    longest = task_args.max_source_length + task_args.max_target_length
+    raise_if_problems(padding_free_problems(config, longest) if task_args.padding_free else [])
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     chat_format = None if encoder_decoder else build_chat_format(tokenizer, task_args, model_stop_ids)
 
@@ -588,6 +647,7 @@ def main(argv=None) -> dict:
         generation_config=build_generation_config(
             generation_args, stop_ids, tokenizer.pad_token_id, model, task_args.max_target_length
         ),
+        max_tokens_per_batch=task_args.max_tokens_per_batch,
     )
 
     # train, evaluate, predict

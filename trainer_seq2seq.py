@@ -11,15 +11,19 @@ Encoder-decoder models keep the stock behaviour.
 import contextlib
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
+from torch.utils.data import DataLoader
 from transformers import GenerationConfig
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import seed_worker
 
 from checkpoints import ResumableCheckpoints
 from metrics import strip_tokenizer_spaces
+from padding_free import TokenBudgetBatchSampler
 from training import FileOrderEvaluation
 
 logger = logging.getLogger(__name__)
@@ -46,11 +50,58 @@ def build_generation_config(
 
 
 class GenerationTrainer(FileOrderEvaluation, ResumableCheckpoints, transformers.Seq2SeqTrainer):
-    """Generation eval for decoder-only and encoder-decoder models, with the given generation settings."""
+    """Generation eval for decoder-only and encoder-decoder models, with the given generation settings.
 
-    def __init__(self, *args, generation_config: GenerationConfig | None = None, **kwargs):
+    Evaluation rows that carry a `row` number (which row of the data file each is) are evaluated longest prompt
+    first, so that batches pad little; compute_metrics and the predictions file put them back in file order by it.
+    With `max_tokens_per_batch`, training batches hold up to that many tokens instead of a fixed row count.
+    """
+
+    def __init__(
+        self,
+        *args,
+        generation_config: GenerationConfig | None = None,
+        max_tokens_per_batch: int | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.generation_settings = generation_config
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+    def get_train_dataloader(self):
+        if self.max_tokens_per_batch is None:
+            return super().get_train_dataloader()
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batches = TokenBudgetBatchSampler(self.train_dataset["length"], self.max_tokens_per_batch, seed)
+        logger.info(
+            "%d training batches of up to %d tokens per epoch (%.1f rows each on average), shared by %d process(es)",
+            len(batches),
+            self.max_tokens_per_batch,
+            len(self.train_dataset) / max(len(batches), 1),
+            self.args.world_size,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=batches,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+            worker_init_fn=partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        )
+        # under DDP accelerate wraps the batch sampler: each rank takes every N-th batch (the same order on all)
+        return self.accelerator.prepare(loader)
+
+    def _get_eval_sampler(self, eval_dataset):
+        columns = getattr(eval_dataset, "column_names", None) or []
+        if "row" not in columns or "input_ids" not in columns:
+            return super()._get_eval_sampler(eval_dataset)
+        key = "prompt_ids" if "prompt_ids" in columns else "input_ids"  # what generation continues
+        lengths = [len(ids) for ids in eval_dataset[key]]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.generation_settings is not None and not gen_kwargs:

@@ -6,6 +6,7 @@ The single-process checks of launch.py are in test_launch.py.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,22 @@ def test_torchrun_ddp_seq2seq_trains_on_two_ranks_and_evaluates_by_generation(se
     assert losses[-1] < losses[0]
     lines = (seq2seq_ddp / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert metrics["predict_samples"] == 7 and len(lines) == 7
+
+
+@pytest.mark.multiprocess
+def test_torchrun_ddp_token_budget_batches_are_shared_out_over_the_ranks(demo_dir, tmp_path, torch_extensions_dir):
+    data = demo_dir / "data" / "adgen"
+    args = ["--model_name_or_path", str(demo_dir / "models" / "llama-tiny-sft-zh"), *SEQ2SEQ_ARGS]
+    args += ["--train_file", str(data / "train.jsonl"), "--validation_file", str(data / "validation.jsonl")]
+    args += ["--output_dir", str(tmp_path / "out"), "--padding_free", "--max_tokens_per_batch", "256"]
+    output = launch("torchrun", "run_seq2seq_ptuning.py", args, tmp_path, torch_extensions_dir)
+    batches = int(re.search(r"(\d+) training batches of up to 256 tokens per epoch .* shared by 2 process", output)[1])
+    metrics, state = results(tmp_path / "out")
+    assert batches > 4 and metrics["train_samples"] == 64
+    # each rank trains every other batch (the same order on both): half the steps of one process, per epoch
+    assert state["global_step"] == 2 * math.ceil(batches / 2)
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0] and "eval_rouge-l" in metrics
 
 
 @pytest.mark.multiprocess
