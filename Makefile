@@ -11,6 +11,8 @@ TORCH_VERSION ?= 2.13.0
 DEEPSPEED_VERSION ?= 0.19.8
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# pytest-xdist processes, whole test files each (their module fixtures are built once); 0 runs in one process
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev demo serve test test-fast style quality clean
 
@@ -46,10 +48,10 @@ serve: install
 	$(PY) serve.py outputs/seq2seq_demo
 
 test: install-dev quality
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-dev quality
-	$(PY) -m pytest -m unit
+	$(PY) -m pytest -m unit -n $(TEST_WORKERS) --dist loadfile
 
 style: install-dev
 	$(PY) -m ruff format .

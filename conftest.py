@@ -5,7 +5,16 @@ docstring examples of the top-level modules and scripts/*.py are collected as do
 unit tests too. The test fixtures are in tests/conftest.py.
 """
 
+import os
+
 import pytest
+
+# Under pytest-xdist (`make test` runs 2 workers) the workers share the cores: each gets its share of threads,
+# set here, before the doctest modules import torch. Two tiny-model trainings on one thread each beat one on
+# two threads, and oversubscribed threads (2 workers x all cores each) made the suite slower than one process.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 TIERS = ("slow", "multiprocess")
 # --doctest-modules would import this file as a module named `conftest`, the name tests/conftest.py already has
