@@ -34,6 +34,20 @@ def isolated_caches(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train faster on one torch thread, and far faster when other jobs share the cores.
+
+    A test file takes it for all its tests with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """Full-size demo data and the tiny models, as `make demo` builds them (about a second)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from helpers import to_argv
 from transformers import AutoTokenizer
 
@@ -27,12 +26,7 @@ from errors import run_main
 ROWS = [("服务很好，推荐", "正面"), ("太差了，失望", "负面")] * 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,7 @@ from helpers import to_argv
 
 import run_image_captioning as cap
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models train faster on one thread, and far faster when other jobs share the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- labels: eos appended, cut at max_target_length; special tokens ------------------------------------------------

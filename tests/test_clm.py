@@ -47,15 +47,7 @@ def clm_args(demo_dir, output_dir, **overrides) -> list[str]:
     return argv
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models train faster on one thread, and far faster when other jobs share the two cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- units: special tokens, document starts, eos in the labels -----------------------------------------------------

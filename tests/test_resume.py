@@ -13,7 +13,6 @@ import shutil
 import signal
 
 import pytest
-import torch
 from helpers import count_training_steps, kill_while_saving, to_argv
 
 import run_classification
@@ -36,12 +35,7 @@ RUN = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def kill_and_resume(module, args: dict, output_dir, monkeypatch, caplog) -> dict:
