@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checkpoints import checkpoint_problem, newest_complete_checkpoint
-from data import resolve_data_files
-from errors import ArgumentError, UserError
+from zhtrain.checkpoints import checkpoint_problem, newest_complete_checkpoint
+from zhtrain.data.files import resolve_data_files
+from zhtrain.errors import ArgumentError, UserError
 
 DEFAULT_PRE_SEQ_LEN = 128  # P-Tuning v2 prefix length when --pre_seq_len is not given (ChatGLM's example)
 

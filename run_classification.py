@@ -32,13 +32,13 @@ from transformers import (
 )
 
 from arguments import DataTrainingArguments, ModelArguments, common_problems, raise_if_problems
-from checkpoints import ResumableCheckpoints
-from data import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
-from errors import UserError, run_main
-from launch import prepare_launch
-from metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
-from parsing import parse_args
-from training import FileOrderEvaluation, check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
+from zhtrain.checkpoints import ResumableCheckpoints
+from zhtrain.data.files import drop_invalid_rows, find_column, is_blank, limit_samples, load_raw_datasets
+from zhtrain.errors import UserError, run_main
+from zhtrain.launch import prepare_launch
+from zhtrain.metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
+from zhtrain.parsing import parse_args
+from zhtrain.training import FileOrderEvaluation, check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -44,14 +44,14 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
-from checkpoints import ResumableCheckpoints
-from collators import ImageTextCollator
-from errors import UserError, run_main
-from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
-from launch import prepare_launch
-from metrics import embedding_retrieval_metrics
-from parsing import parse_args
-from training import check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
+from zhtrain.checkpoints import ResumableCheckpoints
+from zhtrain.data.collators import ImageTextCollator
+from zhtrain.data.images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
+from zhtrain.errors import UserError, run_main
+from zhtrain.launch import prepare_launch
+from zhtrain.metrics import embedding_retrieval_metrics
+from zhtrain.parsing import parse_args
+from zhtrain.training import check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 

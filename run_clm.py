@@ -36,14 +36,14 @@ from arguments import (
     finetuning_problems,
     raise_if_problems,
 )
-from checkpoints import ResumableCheckpoints
-from data import find_column, resolve_data_files, stream_columns, take_first
-from errors import UserError, run_main
-from launch import prepare_launch
-from metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
-from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks, pack_in_memory
-from parsing import parse_args
-from training import (
+from zhtrain.checkpoints import ResumableCheckpoints
+from zhtrain.data.files import find_column, resolve_data_files, stream_columns, take_first
+from zhtrain.data.packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks, pack_in_memory
+from zhtrain.errors import UserError, run_main
+from zhtrain.launch import prepare_launch
+from zhtrain.metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
+from zhtrain.parsing import parse_args
+from zhtrain.training import (
     apply_lora,
     check_vocabulary_fits,
     load_adapter,

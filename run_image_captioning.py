@@ -47,19 +47,19 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
-from collators import LABEL_PAD, ImageCaptionCollator
-from errors import UserError, run_main
-from images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
-from launch import prepare_launch
-from metrics import caption_metrics, strip_tokenizer_spaces
-from parsing import parse_args
 from trainer_seq2seq import (
     MultiReferenceTrainer,
     build_generation_config,
     decode_generations,
     write_generated_predictions,
 )
-from training import check_vocabulary_fits, setup_run, train_evaluate_predict
+from zhtrain.data.collators import LABEL_PAD, ImageCaptionCollator
+from zhtrain.data.images import check_image_rows, image_target_size, load_image_processor, load_image_text_rows
+from zhtrain.errors import UserError, run_main
+from zhtrain.launch import prepare_launch
+from zhtrain.metrics import caption_metrics, strip_tokenizer_spaces
+from zhtrain.parsing import parse_args
+from zhtrain.training import check_vocabulary_fits, setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 

@@ -42,8 +42,9 @@ from arguments import (
     generation_problems,
     raise_if_problems,
 )
-from chat_data import ChatColumns, conversation_of, conversation_problem, find_chat_columns
-from chat_format import (
+from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
+from zhtrain.chat.data import ChatColumns, conversation_of, conversation_problem, find_chat_columns
+from zhtrain.chat.format import (
     TEMPLATE_NAMES,
     ChatFormat,
     ChatFormatError,
@@ -51,15 +52,21 @@ from chat_format import (
     drop_oldest_turn,
     encoder_decoder_prompt,
 )
-from collators import PromptResponseCollator
-from data import drop_invalid_rows, limit_samples, load_raw_datasets
-from errors import run_main
-from launch import prepare_launch
-from metrics import rouge_bleu, strip_tokenizer_spaces
-from padding_free import PACKED_SDPA, PaddingFreeCollator, padding_free_problems
-from parsing import parse_args
-from trainer_seq2seq import GenerationTrainer, build_generation_config, decode_generations, write_generated_predictions
-from training import apply_lora, apply_ptuning, check_vocabulary_fits, load_adapter, setup_run, train_evaluate_predict
+from zhtrain.data.collators import PromptResponseCollator
+from zhtrain.data.files import drop_invalid_rows, limit_samples, load_raw_datasets
+from zhtrain.errors import run_main
+from zhtrain.launch import prepare_launch
+from zhtrain.metrics import rouge_bleu, strip_tokenizer_spaces
+from zhtrain.padding_free import PACKED_SDPA, PaddingFreeCollator, padding_free_problems
+from zhtrain.parsing import parse_args
+from zhtrain.training import (
+    apply_lora,
+    apply_ptuning,
+    check_vocabulary_fits,
+    load_adapter,
+    setup_run,
+    train_evaluate_predict,
+)
 
 logger = logging.getLogger(__name__)
 

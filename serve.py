@@ -21,11 +21,11 @@ import queue
 import sys
 import threading
 
-from chat_format import TEMPLATE_NAMES
-from errors import ArgumentError, run_main
-from serve_api import build_app
-from serve_batching import ContinuousEngine, GenerationRequest, WaveEngine
-from serve_model import Served, ServeError, TextStream, default_device, describe_folder, load_served, pad_id_of
+from zhtrain.chat.format import TEMPLATE_NAMES
+from zhtrain.errors import ArgumentError, run_main
+from zhtrain.serve.api import build_app
+from zhtrain.serve.batching import ContinuousEngine, GenerationRequest, WaveEngine
+from zhtrain.serve.model import Served, ServeError, TextStream, default_device, describe_folder, load_served, pad_id_of
 
 logger = logging.getLogger(__name__)
 

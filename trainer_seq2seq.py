@@ -21,10 +21,10 @@ from transformers import GenerationConfig
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import seed_worker
 
-from checkpoints import ResumableCheckpoints
-from metrics import strip_tokenizer_spaces
-from padding_free import TokenBudgetBatchSampler
-from training import FileOrderEvaluation
+from zhtrain.checkpoints import ResumableCheckpoints
+from zhtrain.metrics import strip_tokenizer_spaces
+from zhtrain.padding_free import TokenBudgetBatchSampler
+from zhtrain.training import FileOrderEvaluation
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collators import ImageTextCollator  # noqa: E402
-from images import check_images, image_target_size  # noqa: E402
+from zhtrain.data.collators import ImageTextCollator  # noqa: E402
+from zhtrain.data.images import check_images, image_target_size  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:

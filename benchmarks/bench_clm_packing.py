@@ -34,8 +34,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from demo_models import build_tokenizer  # noqa: E402
 from demo_texts import clm_document  # noqa: E402
-from packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks  # noqa: E402
 from run_clm import add_missing_special_tokens  # noqa: E402
+from zhtrain.data.packing import BlockRecipe, DocumentEncoder, StreamedBlocks, load_or_build_blocks  # noqa: E402
 
 SHARED_TOKENIZER = Path("/work/shared/data/tokenizers/bert-base-chinese")
 BLOCK_SIZE = 512

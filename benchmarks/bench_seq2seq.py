@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback  # noqa: E402
 
 import run_seq2seq_ptuning as s2s  # noqa: E402
-from training import FileOrderEvaluation  # noqa: E402
+from zhtrain.training import FileOrderEvaluation  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # name: (file in the work dir, lengths, column arguments)

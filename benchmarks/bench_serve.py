@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import demo_models  # noqa: E402
-from chat_format import choose_chat_template  # noqa: E402
-from launch import free_port  # noqa: E402
+from zhtrain.chat.format import choose_chat_template  # noqa: E402
+from zhtrain.launch import free_port  # noqa: E402
 
 MODES = {
     "continuous": ["--batching", "auto"],

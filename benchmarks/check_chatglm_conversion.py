@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from chat_format import ChatFormat  # noqa: E402
 from convert_chatglm import convert  # noqa: E402
+from zhtrain.chat.format import ChatFormat  # noqa: E402
 
 MODELS = ROOT.parent / "shared" / "models"
 REFERENCE_SCRIPT = Path(__file__).resolve().parent / "chatglm_reference.py"

@@ -48,7 +48,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chat_format import TEMPLATES, ChatFormat  # noqa: E402
+from zhtrain.chat.format import TEMPLATES, ChatFormat  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

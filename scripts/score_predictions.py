@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metrics import rouge_bleu, strip_tokenizer_spaces  # noqa: E402
+from zhtrain.metrics import rouge_bleu, strip_tokenizer_spaces  # noqa: E402
 
 
 def score_file(path: str, prediction_key: str = "predict", reference_key: str = "label") -> dict:

@@ -60,8 +60,12 @@ def make_checkpoint(
     layout: "safetensors" (one file) or "bin-index" (three pytorch_model-*.bin shards and their index json).
     """
     path.mkdir(parents=True)
-    for name in ("tokenizer.model", "tokenizer_config.json", "tokenization_chatglm.py"):
+    for name in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(MODELS / family / name, path / name)
+    # THUDM's remote tokenizer code is not kept in ../shared (third-party code): a stand-in holding what the converter
+    # reads from it, ChatGLM3's role tokens (ChatGLM2's code has none)
+    roles = '["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]' if family == "chatglm3" else "[]"
+    (path / "tokenization_chatglm.py").write_text(f"# stand-in for {family}'s tokenizer code\nROLE_TOKENS = {roles}\n")
     config = json.loads((MODELS / family / "config_tiny.json").read_text(encoding="utf-8")) | (changes or {})
     (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
     weights = chatglm_weights(config, dtype=dtype) | (extra or {})

@@ -22,9 +22,9 @@ from transformers import (
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 import serve
-from chat_format import choose_chat_template
-from launch import free_port
-from serve_api import build_app
+from zhtrain.chat.format import choose_chat_template
+from zhtrain.launch import free_port
+from zhtrain.serve.api import build_app
 
 
 def chat_folder(demo_dir, out):

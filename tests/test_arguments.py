@@ -11,8 +11,8 @@ from arguments import (
     image_data_problems,
     raise_if_problems,
 )
-from checkpoints import newest_complete_checkpoint
-from parsing import parse_args
+from zhtrain.checkpoints import newest_complete_checkpoint
+from zhtrain.parsing import parse_args
 
 SHARED = [ModelArguments, DataTrainingArguments, TrainingArguments]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import to_argv
 from transformers import AutoTokenizer
 
 import run_classification
@@ -21,7 +20,8 @@ import run_clip
 import run_clm
 import run_image_captioning
 import run_seq2seq_ptuning
-from errors import run_main
+from helpers import to_argv
+from zhtrain.errors import run_main
 
 ROWS = [("服务很好，推荐", "正面"), ("太差了，失望", "负面")] * 10
 

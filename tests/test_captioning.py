@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import to_argv
 
 import run_image_captioning as cap
+from helpers import to_argv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,8 +166,8 @@ def test_colour_is_named_correctly(demo_run):
 def test_saved_model_reloads_and_captions_the_same(demo_run, demo_dir):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    from images import image_target_size, open_image
-    from metrics import strip_tokenizer_spaces
+    from zhtrain.data.images import image_target_size, open_image
+    from zhtrain.metrics import strip_tokenizer_spaces
 
     _, output_dir = demo_run
     lines = [json.loads(line) for line in (output_dir / "generated_predictions.jsonl").open(encoding="utf-8")][:16]

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from datasets import Dataset
 
-from chat_data import ChatColumns, conversation_of, conversation_problem, find_chat_columns, read_messages
+from zhtrain.chat.data import ChatColumns, conversation_of, conversation_problem, find_chat_columns, read_messages
 
 FLAGS = dict(messages_column=None, prompt_column=None, response_column=None, history_column=None)
 

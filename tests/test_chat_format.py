@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from chat_format import TEMPLATES, ChatFormat, ChatFormatError, choose_chat_template, drop_oldest_turn
+from zhtrain.chat.format import TEMPLATES, ChatFormat, ChatFormatError, choose_chat_template, drop_oldest_turn
 
 CHARACTERS = list("[]Round 0123456789\n问答：你好您再见吗在！。？是的客服系统#abcdefghijklmnopqrstuvwxyzINST<>/_")
 SPECIALS = ["<pad>", "</s>", "<|im_start|>", "<|im_end|>"]

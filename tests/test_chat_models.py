@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from chat_format import ChatFormat, choose_chat_template
 from demo_models import build_bpe_tokenizer, build_tokenizer
+from zhtrain.chat.format import ChatFormat, choose_chat_template
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason=f"the real tokenizers are not here: {MODELS} is missing")

@@ -7,9 +7,9 @@ import logging
 
 import pandas as pd
 import pytest
-from helpers import to_argv
 
 import run_classification
+from helpers import to_argv
 
 
 def common_args(demo_dir, output_dir, **overrides) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import to_argv
 from safetensors.numpy import load_file
 
 import run_clip
+from helpers import to_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,7 @@ def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
     assert embeddings["text_embeds"].shape[0] == len(index["texts"]) == 200
 
     # the reloaded model + processor give the saved embeddings for a test image (loaded the way training does)
-    from images import image_target_size, open_image
+    from zhtrain.data.images import image_target_size, open_image
 
     image = open_image(
         demo_dir / "data" / "shapes" / first["image_path"], image_target_size(processor.image_processor)

@@ -7,8 +7,8 @@ import os
 import pytest
 from transformers import AutoTokenizer
 
-import packing
 import run_clm
+from zhtrain.data import packing
 
 
 def clm_args(demo_dir, output_dir, **overrides) -> list[str]:

@@ -2,9 +2,9 @@
 
 from PIL import Image
 
-import collators
 import run_image_captioning as cap
-from collators import ImageTextCollator
+from zhtrain.data import collators
+from zhtrain.data.collators import ImageTextCollator
 
 
 def test_image_text_collator_batches_and_leaves_out_an_image_broken_since_the_check(tmp_path, monkeypatch, demo_dir):

@@ -11,14 +11,14 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
-from helpers import MODELS, make_checkpoint
 from safetensors.torch import load_file, save_file
 from tokenizers import normalizers, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GlmConfig, GlmForCausalLM
 
 import convert_chatglm
-from chat_format import ChatFormat, ChatFormatError
 from convert_chatglm import ConversionError, convert
+from helpers import MODELS, make_checkpoint
+from zhtrain.chat.format import ChatFormat, ChatFormatError
 
 pytestmark = pytest.mark.skipif(
     not (MODELS / "chatglm2" / "tokenizer.model").is_file(),

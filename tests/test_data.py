@@ -10,9 +10,9 @@ import pytest
 from datasets import Dataset
 from transformers import TrainingArguments
 
-import data
 from arguments import DataTrainingArguments
-from data import (
+from zhtrain.data import files as data
+from zhtrain.data.files import (
     carve_validation_split,
     drop_invalid_rows,
     find_column,
@@ -22,7 +22,7 @@ from data import (
     resolve_data_files,
     take_first,
 )
-from errors import UserError
+from zhtrain.errors import UserError
 
 TEXTS = ["这家餐厅的菜很好吃", "物流太慢了，等了一个星期", "客服态度非常好"]
 LABELS = ["正面", "负面", "正面"]
@@ -408,11 +408,11 @@ def test_is_blank(value, blank):
 
 def test_drop_invalid_rows_keeps_good_rows_in_order(caplog):
     ds = Dataset.from_dict({"text": ["第一条", None, "", "第四条", "   ", "第六条"], "id": [0, 1, 2, 3, 4, 5]})
-    with caplog.at_level(logging.WARNING, logger="data"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.data.files"):
         kept = drop_invalid_rows(ds, "train", ["text"], text_reason)
     assert list(kept["text"]) == ["第一条", "第四条", "第六条"]
     assert list(kept["id"]) == [0, 3, 5]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "data" and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "zhtrain.data.files" and r.levelno == logging.WARNING]
     assert warnings == ["Dropped 3 of 6 train rows: empty or missing text (row numbers from 0: 1, 2, 4)."]
 
 
@@ -434,10 +434,10 @@ def test_drop_invalid_rows_counts_each_reason_and_truncates_examples(caplog):
             return "empty or missing text"
         return "missing label" if is_blank(row["label"]) else None
 
-    with caplog.at_level(logging.WARNING, logger="data"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.data.files"):
         kept = drop_invalid_rows(ds, "validation", ["text", "label"], reason)
     assert list(kept["text"]) == ["正常"]
-    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "data")
+    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "zhtrain.data.files")
     assert warnings == [
         "Dropped 1 of 9 validation rows: missing label (row numbers from 0: 8).",
         "Dropped 7 of 9 validation rows: empty or missing text (row numbers from 0: 0, 1, 2, 3, 4 ...).",
@@ -446,9 +446,9 @@ def test_drop_invalid_rows_counts_each_reason_and_truncates_examples(caplog):
 
 def test_drop_invalid_rows_nothing_to_drop_returns_the_dataset(caplog):
     ds = Dataset.from_dict({"text": TEXTS})
-    with caplog.at_level(logging.WARNING, logger="data"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.data.files"):
         assert drop_invalid_rows(ds, "train", ["text"], text_reason) is ds
-    assert not [r for r in caplog.records if r.name == "data"]
+    assert not [r for r in caplog.records if r.name == "zhtrain.data.files"]
 
 
 def test_drop_invalid_rows_all_invalid():

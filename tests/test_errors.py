@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from errors import ArgumentError, UserError, error_block, run_main
+from zhtrain.errors import ArgumentError, UserError, error_block, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 

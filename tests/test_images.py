@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import images
 from arguments import DataTrainingArguments, ImageDataArguments
-from images import (
+from zhtrain.data import images
+from zhtrain.data.images import (
     check_image_rows,
     check_images,
     image_problem,

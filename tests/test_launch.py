@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import training
-from launch import fill_deepspeed_hidden_size, launch_flags, refuse_data_parallel
+from zhtrain import training
+from zhtrain.launch import fill_deepspeed_hidden_size, launch_flags, refuse_data_parallel
 
 ROOT = Path(__file__).resolve().parent.parent
 

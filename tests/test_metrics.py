@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from metrics import (
+from zhtrain.metrics import (
     caption_metrics,
     cider_d,
     classification_metrics,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch import free_port
+from zhtrain.launch import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))

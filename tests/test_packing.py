@@ -4,7 +4,7 @@ when streamed."""
 import numpy as np
 import pytest
 
-import packing
+from zhtrain.data import packing
 
 
 def test_packer_cuts_exact_blocks_and_carries_the_tail():

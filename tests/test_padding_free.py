@@ -10,20 +10,20 @@ import torch
 from accelerate import skip_first_batches
 from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
-from helpers import to_argv
 from transformers import AutoConfig, AutoModelForCausalLM, Seq2SeqTrainingArguments
 
 import run_seq2seq_ptuning as s2s
-from collators import PromptResponseCollator
-from padding_free import (
+from helpers import to_argv
+from trainer_seq2seq import GenerationTrainer
+from zhtrain.data.collators import PromptResponseCollator
+from zhtrain.padding_free import (
     PACKED_SDPA,
     PADDING_FREE_MODELS,
     PaddingFreeCollator,
     TokenBudgetBatchSampler,
     padding_free_problems,
 )
-from trainer_seq2seq import GenerationTrainer
-from training import apply_lora, apply_ptuning
+from zhtrain.training import apply_lora, apply_ptuning
 
 TOLERANCE = 1e-5  # float32
 # (length, answer spans): the middle one is a two-turn conversation with both answers learned
@@ -303,7 +303,7 @@ def test_adapters_train_padding_free_on_multi_turn_chat_as_padded(finetuning_typ
 @pytest.mark.slow
 def test_generation_eval_sorted_by_length_restores_file_order(demo_dir, tmp_path, monkeypatch):
     """Sorted evaluation batches give the file-order predictions file and the same scores."""
-    from training import FileOrderEvaluation
+    from zhtrain.training import FileOrderEvaluation
 
     chat = demo_dir / "data" / "chat"
     args = {"model_name_or_path": demo_dir / "models" / "llama-tiny-sft-zh", "test_file": chat / "validation.jsonl",

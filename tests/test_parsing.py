@@ -8,8 +8,8 @@ import pytest
 from transformers import TrainingArguments
 
 from arguments import DataTrainingArguments, ModelArguments
-from errors import ArgumentError
-from parsing import DEFAULT_DDP_TIMEOUT, parse_args, read_argument_file
+from zhtrain.errors import ArgumentError
+from zhtrain.parsing import DEFAULT_DDP_TIMEOUT, parse_args, read_argument_file
 
 SHARED = [ModelArguments, DataTrainingArguments, TrainingArguments]
 
@@ -32,7 +32,7 @@ def write_json(path, obj):
 
 
 def warnings_of(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "parsing" and r.levelno >= logging.WARNING)
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "zhtrain.parsing" and r.levelno >= logging.WARNING)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -233,7 +233,7 @@ def test_duplicated_json_key_last_wins_with_warning(tmp_path, caplog):
         '{"output_dir": "output/第一次", "learning_rate": 2e-2, "output_dir": "output/adgen-chatglm-6b-pt"}',
         encoding="utf-8",
     )
-    with caplog.at_level(logging.WARNING, logger="parsing"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.parsing"):
         _, _, training_args = parse_args(SHARED, [str(path)])
     assert training_args.output_dir == "output/adgen-chatglm-6b-pt"
     assert training_args.learning_rate == 2e-2
@@ -348,7 +348,7 @@ def check_v4_warnings(caplog, prefix):
     """One warning per old key, each naming the key and what happens to it now."""
     messages = {}
     for record in caplog.records:
-        if record.name == "parsing" and record.levelno == logging.WARNING:
+        if record.name == "zhtrain.parsing" and record.levelno == logging.WARNING:
             key = record.getMessage().split("`")[1]
             messages[key] = record.getMessage()
     assert "renamed to `eval_strategy`" in messages[f"{prefix}evaluation_strategy"]
@@ -366,7 +366,7 @@ def check_v4_warnings(caplog, prefix):
 
 def test_v4_keys_in_a_file(tmp_path, caplog):
     path = write_json(tmp_path / "old.json", dict(V4_FILE, output_dir=str(tmp_path)))
-    with caplog.at_level(logging.WARNING, logger="parsing"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.parsing"):
         model_args, _, training_args = parse_args(SHARED, [path])
     check_v4_result(model_args, training_args)
     messages = check_v4_warnings(caplog, "")
@@ -389,7 +389,7 @@ def test_v4_flags_on_the_command_line(tmp_path, caplog):
         "--per_gpu_train_batch_size",
         "4",
     ]
-    with caplog.at_level(logging.WARNING, logger="parsing"):
+    with caplog.at_level(logging.WARNING, logger="zhtrain.parsing"):
         model_args, _, training_args = parse_args(SHARED, argv)
     check_v4_result(model_args, training_args)
     check_v4_warnings(caplog, "--")

@@ -13,13 +13,13 @@ import shutil
 import signal
 
 import pytest
-from helpers import count_training_steps, kill_while_saving, to_argv
 
 import run_classification
 import run_clip
 import run_clm
 import run_image_captioning
 import run_seq2seq_ptuning
+from helpers import count_training_steps, kill_while_saving, to_argv
 
 MAX_STEPS, SAVE_STEPS, KILL_STEP = 6, 2, 4
 RUN = {

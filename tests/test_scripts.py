@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from parsing import parse_args
+from zhtrain.parsing import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.stem for p in ROOT.glob("run_*.py"))

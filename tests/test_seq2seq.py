@@ -5,10 +5,10 @@ import json
 import logging
 
 import pytest
-from helpers import to_argv
 
 import run_seq2seq_ptuning as s2s
-from metrics import rouge_bleu
+from helpers import to_argv
+from zhtrain.metrics import rouge_bleu
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MODELS, make_checkpoint, to_argv
 from peft import PeftModel
-from score_predictions import score_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import run_seq2seq_ptuning as s2s
-from chat_format import ChatFormat
 from convert_chatglm import convert
+from helpers import MODELS, make_checkpoint, to_argv
+from score_predictions import score_file
+from zhtrain.chat.format import ChatFormat
 
 needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason=f"the real tokenizers are not here: {MODELS} is missing")
 pytestmark = pytest.mark.slow

@@ -16,6 +16,8 @@ import openai
 import pytest
 import torch
 from PIL import Image
+
+import serve
 from serve_models import (
     adapter_folder,
     captioner_folder,
@@ -24,12 +26,10 @@ from serve_models import (
     greedy_ids,
     live_server,
 )
-
-import serve
-from chat_format import ChatFormat
-from errors import run_main
-from launch import free_port
-from serve_model import ServeError, describe_folder
+from zhtrain.chat.format import ChatFormat
+from zhtrain.errors import run_main
+from zhtrain.launch import free_port
+from zhtrain.serve.model import ServeError, describe_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "类型#裙*颜色#红色*风格#复古"}]
@@ -506,11 +506,11 @@ def port_open(port: int) -> bool:
 @pytest.mark.slow
 def test_a_merged_lora_keeps_its_chat_template_and_stop_ids_and_answers_like_the_adapter(demo_dir, tmp_path):
     """Past one machine: the merged folder is a plain model that vLLM / `transformers serve` can load."""
-    from helpers import to_argv
-    from merge_lora import merge_lora
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     import run_seq2seq_ptuning
+    from helpers import to_argv
+    from merge_lora import merge_lora
 
     adapter = tmp_path / "lora"
     run_seq2seq_ptuning.main(

@@ -5,10 +5,10 @@ import time
 
 import pytest
 import torch
-from serve_models import adapter_folder, chat_folder, greedy_ids
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from serve_batching import ContinuousEngine, GenerationRequest, WaveEngine
+from serve_models import adapter_folder, chat_folder, greedy_ids
+from zhtrain.serve.batching import ContinuousEngine, GenerationRequest, WaveEngine
 
 
 class Collector:

@@ -3,8 +3,8 @@
 import torch
 
 import trainer_seq2seq
-from metrics import strip_tokenizer_spaces
 from trainer_seq2seq import decode_generations
+from zhtrain.metrics import strip_tokenizer_spaces
 
 
 def test_decoding_handles_minus_100_and_tokenizer_spaces(demo_dir):

@@ -1,6 +1,6 @@
 """Unit tests for training.py: the loss curve written after training."""
 
-from training import plot_loss_curve
+from zhtrain.training import plot_loss_curve
 
 
 def test_plot_loss_curve_writes_a_png(tmp_path):

@@ -20,9 +20,9 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
 
 from arguments import DEFAULT_PRE_SEQ_LEN
-from checkpoints import checkpoint_step, newest_complete_checkpoint, read_loss_sum, whole_run_train_loss
-from errors import UserError
-from launch import end_dry_run, fill_deepspeed_hidden_size, refuse_data_parallel
+from zhtrain.checkpoints import checkpoint_step, newest_complete_checkpoint, read_loss_sum, whole_run_train_loss
+from zhtrain.errors import UserError
+from zhtrain.launch import end_dry_run, fill_deepspeed_hidden_size, refuse_data_parallel
 
 matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from transformers.utils import strtobool
 
-from errors import ArgumentError, UserError
-from parsing import read_argument_file, split_argument_file
+from zhtrain.errors import ArgumentError, UserError
+from zhtrain.parsing import read_argument_file, split_argument_file
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ def deepspeed_problem(deepspeed) -> str | None:
             "pip install --no-build-isolation deepspeed==0.19.8 (its ops compile on first use: g++ and ninja)."
         )
     if isinstance(deepspeed, str) and not Path(deepspeed).is_file() and not _is_inline_config(deepspeed):
-        shipped = ", ".join(sorted(p.name for p in (Path(__file__).parent / "ds_configs").glob("*.json")))
+        shipped = ", ".join(
+            sorted(p.name for p in (Path(__file__).resolve().parent.parent / "ds_configs").glob("*.json"))
+        )
         return f"--deepspeed '{deepspeed}' is not a file. Pass a DeepSpeed config JSON; this project ships ds_configs/ {shipped}."
     return None
 

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from images import decode_batch_images
+from zhtrain.data.images import decode_batch_images
 
 logger = logging.getLogger(__name__)
 LABEL_PAD = -100  # ignored by the loss

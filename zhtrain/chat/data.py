@@ -12,7 +12,7 @@ an answer. `conversation_problem` says what is wrong with one that is not (the r
 import json
 from dataclasses import dataclass
 
-from data import find_column, is_blank
+from zhtrain.data.files import find_column, is_blank
 
 PROMPT_COLUMNS = ("content", "prompt", "query", "question", "input")
 RESPONSE_COLUMNS = ("summary", "response", "answer", "output", "target")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from chat_data import conversation_problem
-from chat_format import ChatFormat, ChatFormatError, choose_chat_template, encoder_decoder_prompt
-from errors import UserError
-from metrics import strip_tokenizer_spaces
+from zhtrain.chat.data import conversation_problem
+from zhtrain.chat.format import ChatFormat, ChatFormatError, choose_chat_template, encoder_decoder_prompt
+from zhtrain.errors import UserError
+from zhtrain.metrics import strip_tokenizer_spaces
 
 logger = logging.getLogger(__name__)
 

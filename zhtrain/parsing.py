@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from errors import ArgumentError
+from zhtrain.errors import ArgumentError
 
 logger = logging.getLogger(__name__)
 

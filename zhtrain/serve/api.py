@@ -21,11 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_batching import SEED_REFUSAL, GenerationRequest
-from serve_model import Served, ServeError, TextStream
-from serve_tasks import TASK_ROUTES, Strict
+from zhtrain.serve.batching import SEED_REFUSAL, GenerationRequest
+from zhtrain.serve.model import Served, ServeError, TextStream
+from zhtrain.serve.tasks import TASK_ROUTES, Strict
 
-PAGE = Path(__file__).resolve().parent / "serve_page.html"
+PAGE = Path(__file__).resolve().parent / "page.html"
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
 ERROR_TYPES |= {429: "rate_limit_error", 503: "service_unavailable_error"}
 UNSUPPORTED = ("tools", "functions", "tool_choice", "logit_bias", "suffix", "logprobs", "top_logprobs", "echo")

@@ -25,7 +25,7 @@ import transformers
 from datasets import Dataset, DatasetDict
 from PIL import Image, UnidentifiedImageError
 
-from data import (
+from zhtrain.data.files import (
     SPLIT_ARGUMENTS,
     drop_invalid_rows,
     find_column,
@@ -35,7 +35,7 @@ from data import (
     resolve_data_files,
     sample_limits,
 )
-from errors import UserError
+from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from transformers import AttentionInterface, DataCollatorWithFlattening
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from errors import UserError
+from zhtrain.errors import UserError
 
 PACKED_SDPA = "packed_sdpa"
 # model types whose decoder builds its mask from the position ids and hands every keyword argument down to the
@@ -86,7 +86,7 @@ class PaddingFreeCollator:
     the attention uses); evaluation rows (they carry a `row` number) -> `padded(rows)`, since generation needs
     left-padded prompts, and the eval loss is then the same as without --padding_free.
 
-    >>> from collators import PromptResponseCollator
+    >>> from zhtrain.data.collators import PromptResponseCollator
     >>> collate = PaddingFreeCollator(PromptResponseCollator(pad_token_id=0))
     >>> batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "length": 3},
     ...                  {"input_ids": [8, 9], "labels": [-100, 9], "length": 2}])

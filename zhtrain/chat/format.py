@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from collators import LABEL_PAD
-from errors import UserError
+from zhtrain.data.collators import LABEL_PAD
+from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 

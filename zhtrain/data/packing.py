@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data import is_blank, open_data_stream, read_error
-from errors import UserError
+from zhtrain.data.files import is_blank, open_data_stream, read_error
+from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 

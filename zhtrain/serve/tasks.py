@@ -16,8 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from images import to_rgb
-from serve_model import ServeError
+from zhtrain.data.images import to_rgb
+from zhtrain.serve.model import ServeError
 
 
 class Strict(BaseModel):

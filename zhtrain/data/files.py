@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
-from errors import UserError
+from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Chat data: its layouts on disk (data), and conversations rendered into ids and labels (format)."""

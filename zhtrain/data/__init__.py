@@ -1,0 +1,1 @@
+"""Reading users' data: files in every format (files), images (images), batches (collators), blocks (packing)."""
