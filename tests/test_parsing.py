@@ -32,7 +32,9 @@ def write_json(path, obj):
 
 
 def warnings_of(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "zhtrain.parsing" and r.levelno >= logging.WARNING)
+    return "\n".join(
+        r.getMessage() for r in caplog.records if r.name == "zhtrain.parsing" and r.levelno >= logging.WARNING
+    )
 
 
 # --------------------------------------------------------------------------------------------- sources
