@@ -62,8 +62,10 @@ def split_fences(path: Path) -> tuple[list[str], list[tuple[str, list[str]]]]:
 
 
 def inline_code(path: Path) -> list[str]:
+    """The code spans of the prose; a span may wrap onto the next line of its paragraph, as markdown allows."""
     prose, _ = split_fences(path)
-    return [span.strip() for line in prose for span in re.findall(r"`([^`]+)`", line)]
+    paragraphs = re.split(r"\n\s*\n", "\n".join(prose))
+    return [" ".join(span.split()) for text in paragraphs for span in re.findall(r"`([^`]+)`", text)]
 
 
 def headings(path: Path, level: str = "##") -> list[str]:
