@@ -70,7 +70,7 @@ def test_openai_client_chat_streaming_and_completions(chat_server):
     url, state = chat_server
     served = state.served
     prompt = served.chat_prompt_ids(QUESTION)
-    # the prompt is the one training built for this question (chat_format, the saved template)
+    # the prompt is the one training built for this question (zhtrain.chat.format, the saved template)
     trained = ChatFormat(served.tokenizer).encode([*QUESTION, {"role": "assistant", "content": "答"}], False, 512, 64)
     assert prompt == trained.prompt_ids
     reference = greedy_ids(served.model, prompt, 20, served.stop_ids)
