@@ -5,8 +5,8 @@ import numpy as np
 
 def to_rgb(image):
     """Any PIL image as 8-bit RGB: grayscale, CMYK, palette, 16-bit and transparent ones (composited on white)."""
-    # PIL here, not at the top: the caller already holds a PIL image, and serve.py imports this module for
-    # every task, PIL-free until a request brings an image
+    # PIL here, not at the top: the caller already holds a PIL image, and serve.py, which imports this module,
+    # stays light to import (PIL comes with the model it loads)
     from PIL import Image
 
     if image.mode == "RGB":

@@ -36,7 +36,7 @@ classify_router, clip_router, caption_router = APIRouter(), APIRouter(), APIRout
 
 def decode_image(data: bytes | str):
     """An uploaded or base64 image (a data: URL too) as RGB; a 400 when it is not an image. URLs are never fetched."""
-    # PIL here, not at the top: only CLIP and captioning servers decode images, and the others never load it
+    # PIL here, not at the top: importing serve.py stays light (`--help`, the tests); loading a model brings it
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(data, str):
