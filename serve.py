@@ -6,12 +6,12 @@
     python serve.py outputs/classification_demo --port 8001 --api_key "$KEY"
     python serve.py outputs/seq2seq_demo --chat              # chat in the terminal (clear, exit)
 
-The folder tells what it holds (serve_model.py): chat and causal-LM models get /v1/chat/completions,
+The folder tells what it holds (zhtrain/serve/model.py): chat and causal-LM models get /v1/chat/completions,
 /v1/completions and /v1/models; a classifier /v1/classify; a CLIP model /v1/embeddings and /v1/similarity; a
-captioner /v1/caption; every server /health, /metrics and a web page at /. Generation requests are batched
-(serve_batching.py). It binds 127.0.0.1 unless --host says otherwise; --api_key (or SERVE_API_KEY) guards /v1/* and
-/metrics; requests over a limit get a 400 or 429 in OpenAI's error shape. Exit status: 0, 1 for a folder it
-cannot serve, 2 for bad arguments.
+captioner /v1/caption; every server /health, /metrics and a web page at / (zhtrain/serve/routes.py names them
+all). Generation requests are batched (zhtrain/serve/batching.py). It binds 127.0.0.1 unless --host says
+otherwise; --api_key (or SERVE_API_KEY) guards /v1/* and /metrics; requests over a limit get a 400 or 429 in
+OpenAI's error shape. Exit status: 0, 1 for a folder it cannot serve, 2 for bad arguments.
 """
 
 import argparse
@@ -26,6 +26,7 @@ from zhtrain.errors import ArgumentError, run_main
 from zhtrain.serve.api import build_app
 from zhtrain.serve.batching import ContinuousEngine, GenerationRequest, WaveEngine
 from zhtrain.serve.model import Served, ServeError, TextStream, default_device, describe_folder, load_served, pad_id_of
+from zhtrain.serve.routes import Task
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--batching", default="auto", choices=["auto", "continuous", "waves"],
         help="auto: transformers' continuous batching for decoder-only models (full or LoRA) on a GPU, our waves "
-        "on CPU and for P-Tuning and encoder-decoder models (serve_batching.py says why). continuous / waves: force one.",
+        "on CPU and for P-Tuning and encoder-decoder models (zhtrain/serve/batching.py says why). continuous / "
+        "waves: force one.",
     )  # fmt: skip
     parser.add_argument("--max_batch_size", type=int, default=16, help="Requests generated together, at most.")
     parser.add_argument(
@@ -75,7 +77,9 @@ def start_engine(served: Served, args):
     prefix = served.kind.adapter_type == "PREFIX_TUNING"
     cannot = "P-Tuning adapters" if prefix else "encoder-decoder models" if served.encoder_decoder else None
     if args.batching == "continuous" and cannot:
-        raise ServeError(f"--batching continuous cannot serve {cannot} (see serve_batching.py); use --batching auto")
+        raise ServeError(
+            f"--batching continuous cannot serve {cannot} (see zhtrain/serve/batching.py); use --batching auto"
+        )
     if args.batching == "waves" or cannot or (args.batching == "auto" and not args.device.startswith("cuda")):
         return WaveEngine(served.model, pad_id_of(served), args.max_batch_size)
     model = served.model.get_base_model() if served.kind.adapter else served.model  # LoRA layers stay injected
@@ -98,7 +102,7 @@ def load(args):
     logger.info("%s holds a %s: serving it for %s", args.output_dir, kind.description, kind.task)
     served = load_served(kind, args)
     engine = None
-    if served.task == "generate":
+    if served.task == Task.GENERATE:
         engine = start_engine(served, args)
         warm_up(served, engine)
         logger.info("Generation: %s batching, up to %d requests at once", engine.name, args.max_batch_size)

@@ -1,6 +1,7 @@
 """serve.py against live servers on free loopback ports: the openai client, every task route, auth, limits,
-bad input, a disconnect mid-stream, the terminal chat; slow: the page in a real browser, a load test, the
-script as a subprocess, and a merged LoRA served like its adapter."""
+bad input, a disconnect mid-stream, the terminal chat; its layers: light imports, the routes mounted per task,
+response bodies the openai client reads; slow: the page in a real browser, a load test, the script as a
+subprocess, and a merged LoRA served like its adapter."""
 
 import base64
 import io
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -29,7 +31,11 @@ from serve_models import (
 from zhtrain.chat.format import ChatFormat
 from zhtrain.errors import run_main
 from zhtrain.launch import free_port
-from zhtrain.serve.model import ServeError, describe_folder
+from zhtrain.serve import routes, schemas
+from zhtrain.serve.api import build_app
+from zhtrain.serve.errors import error_body
+from zhtrain.serve.model import FolderKind, ServeError, describe_folder
+from zhtrain.serve.routes import Task
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "类型#裙*颜色#红色*风格#复古"}]
@@ -70,7 +76,7 @@ def test_openai_client_chat_streaming_and_completions(chat_server):
     url, state = chat_server
     served = state.served
     prompt = served.chat_prompt_ids(QUESTION)
-    # the prompt is the one training built for this question (chat_format, the saved template)
+    # the prompt is the one training built for this question (zhtrain.chat.format, the saved template)
     trained = ChatFormat(served.tokenizer).encode([*QUESTION, {"role": "assistant", "content": "答"}], False, 512, 64)
     assert prompt == trained.prompt_ids
     reference = greedy_ids(served.model, prompt, 20, served.stop_ids)
@@ -366,6 +372,89 @@ def test_terminal_chat_keeps_history_and_clears_it(chat_dir):
 def test_make_serve_serves_the_demo_chat_model():
     printed = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "serve.py outputs/seq2seq_demo" in printed
+
+
+# ---- the layers: imports, routes, response shapes -------------------------------------------------------------
+
+HEAVY = ("sklearn", "datasets", "PIL")
+
+
+@pytest.mark.parametrize("module", ["serve", "zhtrain.serve.model", "zhtrain.data.images"])
+def test_importing_the_server_loads_no_sklearn_datasets_or_pil(module):
+    """serve.py starts without them (a second or more each); the training data module shows the check can fail."""
+    code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == (["datasets", "PIL"] if module == "zhtrain.data.images" else [])
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_the_app_mounts_the_common_routes_and_only_its_tasks(task):
+    """A PUT (no route takes one) is a 405 on a mounted route, a 404 on a route left out."""
+    from starlette.testclient import TestClient
+
+    app = build_app(SimpleNamespace(name="m", task=task), None, serve.parse_args(["folder"]))
+    with TestClient(app) as http:
+        mounted = {path for path in routes.ALL_ROUTES if http.put(path).status_code == 405}
+        assert mounted == {*routes.COMMON_ROUTES, *routes.ROUTES_OF_TASK[task]}
+        other = next(path for path in routes.ALL_ROUTES if path not in mounted)
+        assert f"this server serves a {task} model: {', '.join(routes.ROUTES_OF_TASK[task])}" in error_of(
+            http.put(other)
+        )
+
+
+def test_a_task_is_named_by_its_word():
+    assert str(Task.CLIP) == f"{Task.CLIP}" == "clip" and Task("caption") is Task.CAPTION
+    assert json.dumps({"task": Task.CLASSIFY}) == '{"task": "classify"}'
+    with pytest.raises(ValueError, match="'chat' is not a valid Task"):
+        FolderKind("chat", "model")
+
+
+def test_responses_are_what_the_openai_client_reads():
+    from openai.types import Completion as OpenAICompletion
+    from openai.types import CreateEmbeddingResponse, Model
+    from openai.types.chat import ChatCompletion as OpenAIChatCompletion
+    from openai.types.chat import ChatCompletionChunk as OpenAIChunk
+
+    usage = schemas.Usage.of(3, 2)
+    assert usage.model_dump() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    message = schemas.AssistantMessage(content="好的")
+    chat = schemas.ChatCompletion(
+        id="c", created=1, model="m", choices=[schemas.ChatChoice(message=message, finish_reason="stop")], usage=usage
+    )
+    assert OpenAIChatCompletion.model_validate(chat.model_dump()).choices[0].message.content == "好的"
+    first, last = schemas.Delta(role="assistant", content=""), schemas.Delta()
+    assert first.model_dump() == {"role": "assistant", "content": ""} and last.model_dump() == {}
+    chunk = schemas.ChatCompletionChunk(
+        id="c", created=1, model="m", choices=[schemas.ChunkChoice(delta=last, finish_reason="length")]
+    )
+    assert "usage" not in chunk.model_dump() and chunk.model_dump()["choices"][0]["delta"] == {}
+    assert OpenAIChunk.model_validate(chunk.model_dump()).choices[0].finish_reason == "length"
+    text = schemas.Completion(
+        id="t", created=1, model="m", choices=[schemas.CompletionChoice(text="款", finish_reason="length")]
+    )
+    assert text.model_dump()["choices"][0] == {"index": 0, "text": "款", "finish_reason": "length", "logprobs": None}
+    assert OpenAICompletion.model_validate(text.model_dump() | {"usage": usage.model_dump()}).choices[0].text == "款"
+    embeddings = schemas.EmbeddingList(
+        model="m",
+        data=[schemas.Embedding(index=0, embedding=[0.6, 0.8])],
+        usage=schemas.EmbeddingUsage(prompt_tokens=2, total_tokens=2),
+    )
+    assert CreateEmbeddingResponse.model_validate(embeddings.model_dump()).data[0].embedding == [0.6, 0.8]
+    card = schemas.ModelList(data=[schemas.ModelCard(id="m")]).model_dump()["data"][0]
+    assert Model.model_validate(card).owned_by == "serve.py"
+
+
+def test_empty_optional_fields_are_left_out_and_errors_have_openai_fields():
+    single = schemas.Classification(index=0, label="正面", score=0.9, scores={"负面": 0.1, "正面": 0.9})
+    assert "labels" not in single.model_dump()
+    multi = single.model_copy(update={"labels": ["正面"]})
+    assert multi.model_dump()["labels"] == ["正面"]
+    health = schemas.Health(status="ok", task=Task.CLIP, model="m", engine=None, in_flight=0)
+    assert health.model_dump() == {"status": "ok", "task": "clip", "model": "m", "engine": None, "in_flight": 0}
+    error = error_body(429, "retry").model_dump()
+    assert error == {"error": {"message": "retry", "type": "rate_limit_error", "param": None, "code": None}}
 
 
 # ---- slow: a browser, a load test, the script itself ----------------------------------------------------------

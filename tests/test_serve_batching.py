@@ -1,4 +1,4 @@
-"""serve_batching.py: both engines give each request what `generate` gives it alone, stop, sample, cancel, regroup."""
+"""zhtrain/serve/batching.py: both engines give each request what `generate` gives it alone, stop, sample, cancel, regroup."""
 
 import threading
 import time

@@ -9,8 +9,6 @@ import re
 from collections import Counter
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
-from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -35,6 +33,9 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, multi_la
     >>> classification_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), multi_label=False)
     {'accuracy': 0.75, 'macro_f1': 0.7333}
     """
+    # sklearn here, not at the top: it takes a second to import, and serve.py needs only this module's text helpers
+    from sklearn.metrics import accuracy_score, f1_score
+
     labels = np.asarray(labels)
     if multi_label:
         labels = labels.astype(int)
@@ -56,6 +57,8 @@ def classification_report(
 
     For multi-label data the confusion is one 2x2 count per label (tp, fp, fn, tn).
     """
+    from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support
+
     ids = list(range(len(label_names)))
     labels = np.asarray(labels).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -78,7 +81,7 @@ def classification_report(
             for name, c in zip(label_names, counts)
         }
     else:
-        report["confusion_matrix"] = sklearn_confusion_matrix(labels, predictions, labels=ids).tolist()
+        report["confusion_matrix"] = confusion_matrix(labels, predictions, labels=ids).tolist()
     return report
 
 

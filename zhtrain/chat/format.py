@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from zhtrain.data.collators import LABEL_PAD
+from zhtrain.data import LABEL_PAD
 from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ import logging
 
 import torch
 
+from zhtrain.data import LABEL_PAD
 from zhtrain.data.images import decode_batch_images
 
 logger = logging.getLogger(__name__)
-LABEL_PAD = -100  # ignored by the loss
 
 
 def pad_ids(

@@ -5,6 +5,8 @@ format or a new check on rows is added here once. Nothing here knows about a tas
 columns it needs and why a row is unusable.
 """
 
+from __future__ import annotations  # the `datasets` types in signatures are imported only for type checkers
+
 import codecs
 import csv
 import glob
@@ -15,11 +17,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import datasets
-from datasets import Dataset, DatasetDict
+from typing import TYPE_CHECKING
 
 from zhtrain.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict, IterableDataset
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +305,8 @@ def json_kind(value) -> str | None:
 
 def load_data_files(files: list[str], arg_name: str, encoding: str = "utf-8", cache_dir: str | None = None) -> Dataset:
     """Read files of one format into a Dataset; UTF-8 with or without a BOM, or the given encoding."""
+    import datasets  # here, not at the top: serve.py uses this module's small helpers and never reads files
+
     encoding = reading_encoding(encoding)
     check_encoding(files, encoding, arg_name)
     builder, kwargs = reader_settings(files, encoding)
@@ -311,11 +316,13 @@ def load_data_files(files: list[str], arg_name: str, encoding: str = "utf-8", ca
         raise read_error(exc, files, arg_name, encoding) from exc
 
 
-def open_data_stream(files: list[str], arg_name: str, encoding: str = "utf-8") -> datasets.IterableDataset:
+def open_data_stream(files: list[str], arg_name: str, encoding: str = "utf-8") -> IterableDataset:
     """The rows of the files as a lazily read stream (nothing is converted or copied to disk).
 
     Reading errors surface while iterating: wrap the loop in `except Exception` and raise `read_error`.
     """
+    import datasets
+
     encoding = reading_encoding(encoding)
     check_encoding(files, encoding, arg_name)
     builder, kwargs = reader_settings(files, encoding)
@@ -349,6 +356,8 @@ def needs_validation_split(splits, data_args, training_args) -> bool:
 
 def load_raw_datasets(data_args, training_args, cache_dir: str | None = None) -> DatasetDict:
     """Load the train / validation / test files that were given, carving validation from train if needed."""
+    from datasets import DatasetDict
+
     raw = DatasetDict()
     for split, arg_name in SPLIT_ARGUMENTS:
         spec = getattr(data_args, arg_name)

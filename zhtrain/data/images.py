@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 
 import datasets
-import numpy as np
 import transformers
 from datasets import Dataset, DatasetDict
 from PIL import Image, UnidentifiedImageError
@@ -35,6 +34,7 @@ from zhtrain.data.files import (
     resolve_data_files,
     sample_limits,
 )
+from zhtrain.data.pixels import to_rgb
 from zhtrain.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -42,24 +42,6 @@ logger = logging.getLogger(__name__)
 IMAGE_CHECK_CHUNK = 2000  # images per progress line and per cache save, so an interrupted check keeps its work
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
 URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://", "oss://", "hdfs://")
-
-
-def to_rgb(image):
-    """Any PIL image as 8-bit RGB: grayscale, CMYK, palette, 16-bit and transparent ones (composited on white)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit grayscale (PNG, TIFF): convert("RGB") would clip everything above 255 to white
-        array = np.asarray(image, dtype=np.float64)
-        scale = 1 / 257 if image.mode.startswith("I") and array.max() > 255 else (255 if array.max() <= 1 else 1)
-        array = np.clip(array * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        # dropping alpha leaves whatever colour the transparent pixels happen to store (often black)
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        background.alpha_composite(image.convert("RGBA"))
-        return background.convert("RGB")
-    return image.convert("RGB")
 
 
 def open_image(path: str | Path, target_size: int | None = None):

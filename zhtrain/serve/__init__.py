@@ -1,1 +1,2 @@
-"""serve.py's parts: the served model (model), the batching engines (batching), the tasks (tasks), the app (api)."""
+"""serve.py's parts: the served model (model), the batching engines (batching), the HTTP app (api) and its layers:
+route names and tasks (routes), request and response bodies (schemas), a router per task (generation, tasks)."""

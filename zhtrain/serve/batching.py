@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,9 @@ class ContinuousEngine:
     name, per_request_seed = "continuous", False
 
     def __init__(self, model, stop_ids: list[int], pad_id: int, max_batch_size: int, max_context: int, seed: int):
+        # transformers here and in _run_wave, not at the top: importing it imports PIL, and serve.py stays free of
+        # PIL (and quick to start with --help) until a model is loaded
+        from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         # temperature and top_p placeholders: the manager builds per-request processors only for those the
@@ -159,11 +161,12 @@ class Row:
     done: bool = False
 
 
-class RowSampler(LogitsProcessor):
+class RowSampler:
     """Per-row sampling in a greedy `generate`: a sampled row's scores become one-hot on the token it draws.
 
     Each row draws with its own temperature, top-p and generator (seeded when the request has a seed), so a
-    seeded request gives the same answer whatever it is batched with; greedy rows keep their scores.
+    seeded request gives the same answer whatever it is batched with; greedy rows keep their scores. A logits
+    processor by its call signature: `generate` calls any such object, so no transformers class is subclassed.
     """
 
     def __init__(self, rows: list[Row]):
@@ -184,11 +187,12 @@ class RowSampler(LogitsProcessor):
         return scores
 
 
-class RowBookkeeper(StoppingCriteria):
+class RowBookkeeper:
     """Called after every step of a wave: hands each row its new token, and says which rows are done.
 
     A row is done at a stop id, at its `max_new_tokens`, or when cancelled. The whole wave ends early (every row
     reported done, the unfinished ones carried over) when requests wait and `engine.should_regroup` says so.
+    A stopping criterion by its call signature, as RowSampler is a logits processor.
     """
 
     def __init__(self, rows: list[Row], engine: "WaveEngine"):
@@ -322,6 +326,8 @@ class WaveEngine:
 
     @torch.no_grad()
     def _run_wave(self, rows: list[Row]) -> RowBookkeeper:
+        from transformers import GenerationConfig
+
         sequences = [row.request.prompt_ids + ([] if self.encoder_decoder else row.generated) for row in rows]
         width = max(map(len, sequences))
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)

@@ -3,7 +3,7 @@
 `describe_folder` tells from the files what a folder holds: a causal-LM or seq2seq model, a LoRA or P-Tuning
 adapter (its base model from adapter_config.json or --model_name_or_path), a classifier, a CLIP model or a
 captioner; anything else is refused with what was found. `load_served` loads it with safetensors only (nothing
-is unpickled) and no remote code. Chat prompts are built by chat_format.py, the code that built the training
+is unpickled) and no remote code. Chat prompts are built by zhtrain.chat.format, the code that built the training
 prompts; `TextStream` turns generated ids into text pieces, with stop strings and the finish reason.
 """
 
@@ -18,6 +18,7 @@ from zhtrain.chat.data import conversation_problem
 from zhtrain.chat.format import ChatFormat, ChatFormatError, choose_chat_template, encoder_decoder_prompt
 from zhtrain.errors import UserError
 from zhtrain.metrics import strip_tokenizer_spaces
+from zhtrain.serve.routes import Task
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,16 @@ class ServeError(UserError):
 
 @dataclass
 class FolderKind:
-    """What a folder holds: task (generate | classify | clip | caption), the model path, an adapter on it."""
+    """What a folder holds: the task that serves it, the model path, an adapter on it."""
 
-    task: str
+    task: Task
     model_path: str
     adapter: str | None = None  # the folder, when it holds a LoRA / P-Tuning adapter
     adapter_type: str | None = None  # LORA | PREFIX_TUNING
     description: str = ""
+
+    def __post_init__(self):
+        self.task = Task(self.task)  # "generate" works too; a word that names no task is a ValueError
 
 
 def read_json(path: Path) -> dict:
@@ -74,7 +78,7 @@ def describe_folder(folder: str | Path, base_model: str | None = None) -> Folder
         if not base:
             raise ServeError(f"{folder}/adapter_config.json names no base model: pass --model_name_or_path.")
         name = "P-Tuning" if kind == "PREFIX_TUNING" else "LoRA"
-        return FolderKind("generate", str(base), str(folder), kind, f"{name} adapter on {base}, unmerged")
+        return FolderKind(Task.GENERATE, str(base), str(folder), kind, f"{name} adapter on {base}, unmerged")
     if "config.json" not in files:
         raise ServeError(
             f"{folder} holds no model: no config.json or adapter_config.json (it holds: {', '.join(files) or 'nothing'})."
@@ -90,14 +94,14 @@ def describe_folder(folder: str | Path, base_model: str | None = None) -> Folder
     model_type, architectures = config.get("model_type"), config.get("architectures") or []
     found = f"{', '.join(architectures) or 'a model'} (model_type {model_type})"
     if model_type == "vision-encoder-decoder":
-        return FolderKind("caption", str(folder), description=f"captioner {found}")
+        return FolderKind(Task.CAPTION, str(folder), description=f"captioner {found}")
     if model_type in CLIP_TYPES:
-        return FolderKind("clip", str(folder), description=f"image-text model {found}")
+        return FolderKind(Task.CLIP, str(folder), description=f"image-text model {found}")
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return FolderKind("classify", str(folder), description=f"classifier {found}")
+        return FolderKind(Task.CLASSIFY, str(folder), description=f"classifier {found}")
     generators = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
     if config.get("is_encoder_decoder") or any(a.endswith(generators) for a in architectures):
-        return FolderKind("generate", str(folder), description=found)
+        return FolderKind(Task.GENERATE, str(folder), description=found)
     raise ServeError(
         f"{folder} holds {found}, which serve.py cannot serve: it serves causal-LM and seq2seq models (chat and "
         "completions), sequence classifiers, CLIP models and image captioners."
@@ -130,7 +134,7 @@ def adds_spaces_between_characters(tokenizer) -> bool:
 class Served:
     """A loaded model with what serving needs: task, tokenizer / processor, prompt format, stop ids, limits."""
 
-    task: str
+    task: Task
     name: str
     model: object
     tokenizer: object = None
@@ -143,13 +147,16 @@ class Served:
     strip_spaces: bool = False
     generation_defaults: dict = field(default_factory=lambda: {"temperature": 0.0, "top_p": 1.0})
 
+    def __post_init__(self):
+        self.task = Task(self.task)
+
     @property
     def encoder_decoder(self) -> bool:
-        return bool(getattr(self.model.config, "is_encoder_decoder", False)) and self.task == "generate"
+        return bool(getattr(self.model.config, "is_encoder_decoder", False)) and self.task == Task.GENERATE
 
     @property
     def can_chat(self) -> bool:
-        return self.task == "generate" and (self.encoder_decoder or self.chat_format is not None)
+        return self.task == Task.GENERATE and (self.encoder_decoder or self.chat_format is not None)
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         """The prompt ids of a conversation ending with the user's message, as training built them."""
