@@ -412,7 +412,9 @@ def test_drop_invalid_rows_keeps_good_rows_in_order(caplog):
         kept = drop_invalid_rows(ds, "train", ["text"], text_reason)
     assert list(kept["text"]) == ["第一条", "第四条", "第六条"]
     assert list(kept["id"]) == [0, 3, 5]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "zhtrain.data.files" and r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "zhtrain.data.files" and r.levelno == logging.WARNING
+    ]
     assert warnings == ["Dropped 3 of 6 train rows: empty or missing text (row numbers from 0: 1, 2, 4)."]
 
 
