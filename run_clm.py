@@ -12,7 +12,7 @@ Every document gets an eos, then the documents are concatenated and cut into --b
 (only the last partial block of a split is dropped). Tokenized blocks are cached as Arrow files keyed
 by the data files (path, size, mtime), the tokenizer and the block size: the next run with the same
 inputs memory-maps them and starts training at once. --streaming tokenizes on the fly instead, for
-corpora larger than the disk or RAM can hold twice. The packing itself is in packing.py.
+corpora larger than the disk or RAM can hold twice. The packing itself is in zhtrain/data/packing.py.
 """
 
 import difflib

@@ -12,7 +12,7 @@ from an image encoder and a Chinese decoder that gets new cross-attention layers
 decoder starts from [CLS] (BERT vocabularies) or bos, and pads with a token that is not eos. The data is the
 `text,image_path` format of run_clip.py, with the same image checks (broken images skipped and listed in
 output_dir/skipped_images.txt). Evaluation generates one caption per image (greedy unless --num_beams) and scores
-it against all captions of that image: BLEU-4, ROUGE-L and CIDEr-D on characters (metrics.caption_metrics).
+it against all captions of that image: BLEU-4, ROUGE-L and CIDEr-D on characters (zhtrain.metrics.caption_metrics).
 The output_dir holds the model, tokenizer and image processor:
 
     model = AutoModelForImageTextToText.from_pretrained(output_dir)   # a VisionEncoderDecoderModel
@@ -238,7 +238,7 @@ def build_captioner(task_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
 
 
 def per_image_rows(dataset: Dataset) -> dict[str, list]:
-    """Evaluation rows: one per image with all its captions (rows of `load_image_text_datasets` are per caption)."""
+    """Evaluation rows: one per image with all its captions (rows of `load_image_text_rows` are per caption)."""
     rows: dict[int, dict] = {}
     for path, file, caption, index in zip(
         dataset["image_path"], dataset["image_file"], dataset["caption"], dataset["image_index"]

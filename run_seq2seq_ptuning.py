@@ -515,7 +515,7 @@ def load_model(model_args, task_args, finetuning_args, training_args, config, to
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_type="nf4",
         )
-    if task_args.padding_free:  # sdpa within each example of a flattened batch (padding_free.py)
+    if task_args.padding_free:  # sdpa within each example of a flattened batch (zhtrain/padding_free.py)
         load_kwargs["attn_implementation"] = PACKED_SDPA
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM

@@ -1,4 +1,4 @@
-"""Unit tests for parsing.py: parse_args from the command line, an argument file or a dict; transformers-4 keys."""
+"""Unit tests for zhtrain/parsing.py: parse_args from the command line, an argument file or a dict; renamed keys."""
 
 import json
 import logging

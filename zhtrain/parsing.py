@@ -5,8 +5,8 @@ file followed by `--key value` overrides, or a dict (tests). Argument files past
 projects (ChatGLM `ptuning/`, older tutorials) keep working: keys that transformers 5 renamed (and this
 project's `ptuning_checkpoint`, now `adapter_name_or_path`) are mapped with a warning naming the new key, keys
 it removed are dropped with a warning saying what happens now, and anything else unknown is one error that
-lists every unknown key. Parsing has no side effects on the process: getting it
-ready for torchrun / deepspeed is `launch.prepare_launch`.
+lists every unknown key. Parsing has no side effects on the process: getting it ready for torchrun / deepspeed
+is `zhtrain.launch.prepare_launch`.
 """
 
 import difflib
