@@ -414,7 +414,7 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
     return label_names
 
 
-def load_tokenizer_and_config(model_args, task_args) -> tuple:
+def load_tokenizer_and_config(model_args) -> tuple:
     """The tokenizer (with a pad token) and the model config (the labels of a fine-tuned checkpoint)."""
     hub = model_args.hub_kwargs()
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **hub)
@@ -424,7 +424,7 @@ def load_tokenizer_and_config(model_args, task_args) -> tuple:
     return tokenizer, config
 
 
-def configure_training_args(task_args, training_args) -> None:
+def configure_training_args(training_args) -> None:
     """Classification trains with the training arguments as given: the stock collator and Trainer need nothing
     changed (the other scripts adjust theirs here, and log each change)."""
 
@@ -535,13 +535,13 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
-    configure_training_args(task_args, training_args)
+    configure_training_args(training_args)
 
     # load raw data: find the columns, drop dirty rows
     raw, columns, multi_label = load_classification_data(data_args, task_args, training_args, model_args.cache_dir)
 
     # tokenizer (and the config: the labels of a fine-tuned checkpoint, the longest input)
-    tokenizer, config = load_tokenizer_and_config(model_args, task_args)
+    tokenizer, config = load_tokenizer_and_config(model_args)
     max_length = fit_to_context(task_args.max_seq_length, config, "max_seq_length")
 
     # preprocess: the label set, then token ids and label ids

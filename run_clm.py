@@ -167,7 +167,7 @@ def argument_problems(model_args, data_args, finetuning_args, task_args, trainin
     return problems
 
 
-def configure_training_args(task_args, training_args) -> None:
+def configure_training_args(training_args) -> None:
     """Pre-training uses the training arguments as given: blocks are full rows with their own labels, which the
     stock Trainer handles (the other scripts adjust theirs here, and log each change)."""
 
@@ -404,7 +404,7 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
-    configure_training_args(task_args, training_args)
+    configure_training_args(training_args)
     adapter_dir = use_adapter_base(model_args, finetuning_args, training_args)
 
     # load raw data: the files of each split and their text column

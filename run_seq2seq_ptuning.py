@@ -10,10 +10,10 @@
 
 Data: OpenAI `messages` or ShareGPT `conversations` files, ChatGLM's (`ptuning/main.py`) prompt / response /
 history columns, or Alpaca instruction / input / output files (zhtrain/chat/data.py). Conversations are rendered
-with the model's own chat template, or `--template` / `--chat_template` (zhtrain/chat/format.py), and the loss falls on the
-answers and their stop tokens only: every answer, or the last one with --mask_history. Evaluation generates the
-last answer from the turns before it (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as ChatGLM does,
-against the answers as written in the data file.
+with the model's own chat template, or `--template` / `--chat_template` (zhtrain/chat/format.py), and the loss
+falls on the answers and their stop tokens only: every answer, or the last one with --mask_history. Evaluation
+generates the last answer from the turns before it (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as
+ChatGLM does, against the answers as written in the data file.
 """
 
 import importlib.util
@@ -266,7 +266,8 @@ def argument_problems(model_args, data_args, task_args, finetuning_args, generat
     if checkpoint and not (Path(checkpoint) / "adapter_config.json").is_file():
         found = sorted(p.name for p in Path(checkpoint).iterdir()) if Path(checkpoint).is_dir() else []
         problems.append(
-            f"--adapter_name_or_path '{checkpoint}' has no adapter_config.json (it holds: {', '.join(found) or 'nothing'}). "
+            f"--adapter_name_or_path '{checkpoint}' has no adapter_config.json "
+            f"(it holds: {', '.join(found) or 'nothing'}). "
             "Give the output_dir (or a checkpoint-N dir) of a --finetuning_type ptuning/lora run; a full fine-tune "
             "is loaded with --model_name_or_path instead."
         )
@@ -348,7 +349,7 @@ def conversations(dataset, chat_columns: ChatColumns, task_args) -> list[list[di
     ]
 
 
-def load_tokenizer_and_config(model_args, task_args) -> tuple:
+def load_tokenizer_and_config(model_args) -> tuple:
     """The tokenizer (an eos that ends answers, a pad token) and the model config."""
     hub = model_args.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
@@ -620,7 +621,7 @@ def main(argv=None) -> dict:
     raw, chat_columns = load_chat_data(data_args, task_args, training_args, model_args.cache_dir)
 
     # tokenizer, and the prompt format: the chat template, its answer spans and stop tokens
-    tokenizer, config = load_tokenizer_and_config(model_args, task_args)
+    tokenizer, config = load_tokenizer_and_config(model_args)
     longest = task_args.max_source_length + task_args.max_target_length
     raise_if_problems(padding_free_problems(config, longest) if task_args.padding_free else [])
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))

@@ -76,7 +76,7 @@ def test_a_gpt2_classifier_is_length_checked_in_training(tmp_path, caplog):
     tokenizer.save_pretrained(folder)
     model_args = SimpleNamespace(model_name_or_path=str(folder), config_name=None, tokenizer_name=None)
     model_args.hub_kwargs = dict
-    _, config = run_classification.load_tokenizer_and_config(model_args, None)
+    _, config = run_classification.load_tokenizer_and_config(model_args)
     with caplog.at_level(logging.WARNING, logger="zhtrain.modeling"):
         assert fit_to_context(128, config, "max_seq_length") == 64
     warnings = [r.getMessage() for r in caplog.records if r.name == "zhtrain.modeling"]
