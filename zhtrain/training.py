@@ -255,7 +255,12 @@ def read_adapter_config(checkpoint: str) -> dict:
 
 
 def load_adapter(
-    model, checkpoint: str, finetuning_args, base_model: str, is_trainable: bool, arg_name: str = "ptuning_checkpoint"
+    model,
+    checkpoint: str,
+    finetuning_args,
+    base_model: str,
+    is_trainable: bool,
+    arg_name: str = "adapter_name_or_path",
 ):
     """Load a P-Tuning / LoRA checkpoint onto `model`, refusing one that does not match the arguments given.
 
