@@ -3,7 +3,7 @@
 Each dataclass is one group of `--flags` (ModelArguments, DataTrainingArguments, FinetuningArguments,
 GenerationArguments, ImageDataArguments); a script adds a dataclass of its own for the rest. Each `*_problems`
 function returns every problem with its group as a list, so a user fixes them all in one go
-(`raise_if_problems`). Reading them from the command line or a file is `parsing.parse_args`.
+(`raise_if_problems`). Reading them from the command line or a file is `zhtrain.parsing.parse_args`.
 """
 
 import codecs
@@ -338,7 +338,8 @@ def _read_json(path: Path) -> dict:
 def raise_if_problems(problems: list[str], parsed=None) -> None:
     """Raise one ArgumentError listing every problem, so a user fixes them all in one go.
 
-    With `parsed` (what parsing.parse_args returned), a problem whose flags were set in the argument file says so.
+    With `parsed` (what zhtrain.parsing.parse_args returned), a problem whose flags were set in the argument file
+    says so.
     """
     if problems:
         lines = [f"  - {p}{argument_file_note(p, parsed)}" for p in problems]

@@ -30,7 +30,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def doctest_models(tmp_path_factory) -> dict:
-    """A character tokenizer and a 32 x 32 image processor, as `collators.ImageTextCollator`'s example uses."""
+    """A character tokenizer and a 32 x 32 image processor, as the example of
+    `zhtrain.data.collators.ImageTextCollator` uses."""
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
     import demo_models  # imported here: collecting the tests must not need torch

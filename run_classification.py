@@ -37,8 +37,9 @@ from zhtrain.data.files import drop_invalid_rows, find_column, is_blank, limit_s
 from zhtrain.errors import UserError, run_main
 from zhtrain.launch import prepare_launch
 from zhtrain.metrics import classification_metrics, classification_report, predict_labels, sigmoid, softmax
+from zhtrain.modeling import check_vocabulary_fits, fit_to_context, log_trainable_parameters, repair_special_tokens
 from zhtrain.parsing import parse_args
-from zhtrain.training import FileOrderEvaluation, check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
+from zhtrain.training import FileOrderEvaluation, setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -413,21 +414,19 @@ def decide_label_names(raw, columns: Columns, config, multi_label: bool, task_ar
     return label_names
 
 
-def load_tokenizer(model_args, config, task_args) -> tuple:
-    """The tokenizer (with a pad token), and the longest input the model takes."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, **model_args.hub_kwargs()
-    )
-    if tokenizer.pad_token is None:  # decoder-only checkpoints (GPT-2, Qwen) used as classifiers
-        tokenizer.pad_token = tokenizer.eos_token
-    max_length = task_args.max_seq_length
-    max_positions = getattr(config, "max_position_embeddings", None)
-    if max_positions and max_length > max_positions:
-        logger.warning(
-            "--max_seq_length %d exceeds the model's %d positions; using %d.", max_length, max_positions, max_positions
-        )
-        max_length = max_positions
-    return tokenizer, max_length
+def load_tokenizer_and_config(model_args) -> tuple:
+    """The tokenizer (with a pad token) and the model config (the labels of a fine-tuned checkpoint)."""
+    hub = model_args.hub_kwargs()
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **hub)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
+    # decoder-only checkpoints (GPT-2, Qwen) used as classifiers have no pad; the attention mask hides it anyway
+    repair_special_tokens(tokenizer, pad_from_eos=True)
+    return tokenizer, config
+
+
+def configure_training_args(training_args) -> None:
+    """Classification trains with the training arguments as given: the stock collator and Trainer need nothing
+    changed (the other scripts adjust theirs here, and log each change)."""
 
 
 def encode_batch(batch, split, tokenizer, columns: Columns, label_names, multi_label, delimiter, max_length):
@@ -487,6 +486,7 @@ def load_model(model_args, config, tokenizer, label_names: list[str], multi_labe
     check_vocabulary_fits(
         len(tokenizer), model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
     )
+    log_trainable_parameters(model)
     return model
 
 
@@ -535,15 +535,14 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
+    configure_training_args(training_args)
 
     # load raw data: find the columns, drop dirty rows
     raw, columns, multi_label = load_classification_data(data_args, task_args, training_args, model_args.cache_dir)
 
     # tokenizer (and the config: the labels of a fine-tuned checkpoint, the longest input)
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path, **model_args.hub_kwargs()
-    )
-    tokenizer, max_length = load_tokenizer(model_args, config, task_args)
+    tokenizer, config = load_tokenizer_and_config(model_args)
+    max_length = fit_to_context(task_args.max_seq_length, config, "max_seq_length")
 
     # preprocess: the label set, then token ids and label ids
     label_names = decide_label_names(raw, columns, config, multi_label, task_args, model_args.model_name_or_path)

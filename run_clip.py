@@ -50,8 +50,9 @@ from zhtrain.data.images import check_image_rows, image_target_size, load_image_
 from zhtrain.errors import UserError, run_main
 from zhtrain.launch import prepare_launch
 from zhtrain.metrics import embedding_retrieval_metrics
+from zhtrain.modeling import check_vocabulary_fits, fit_to_context, log_trainable_parameters
 from zhtrain.parsing import parse_args
-from zhtrain.training import check_vocabulary_fits, setup_run, train_evaluate_predict, write_json
+from zhtrain.training import setup_run, train_evaluate_predict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +256,9 @@ def write_retrieval_predictions(output, dataset, output_dir: Path, top_k: int, e
     logger.info("Top-%d captions of %d test images written to %s; embeddings next to it", k, len(image_paths), path)
 
 
-def load_processor(model_args, task_args, hub_kwargs):
+def load_processor(model_args, task_args):
     """The tokenizer + image processor pair, saved with the model so both reload with AutoProcessor."""
+    hub_kwargs = model_args.hub_kwargs()
     if model_args.model_name_or_path:
         try:
             processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -308,12 +310,22 @@ def load_vision_tower(path: str, load_kwargs: dict):
     return AutoModel.from_pretrained(path, **load_kwargs)
 
 
-def load_model(model_args, task_args, load_kwargs):
-    """A CLIP-style checkpoint through AutoModel, or a new dual encoder from a text and a vision encoder."""
+def load_model(model_args, task_args):
+    """A CLIP-style checkpoint through AutoModel, or a new dual encoder from a text and a vision encoder; the
+    towers frozen as asked."""
+    load_kwargs = dict(model_args.hub_kwargs(), dtype=model_args.dtype)
     if model_args.model_name_or_path:
-        return AutoModel.from_pretrained(
+        model = AutoModel.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **load_kwargs
         )
+    else:
+        model = build_dual_encoder(task_args, load_kwargs)
+    freeze_towers(model, task_args)
+    return model
+
+
+def build_dual_encoder(task_args, load_kwargs: dict):
+    """A new dual encoder from a text and a vision encoder; its projections are new."""
     vision = load_vision_tower(task_args.vision_model_name_or_path, load_kwargs)
     text = AutoModel.from_pretrained(task_args.text_model_name_or_path, **load_kwargs)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
@@ -364,8 +376,8 @@ def argument_problems(model_args, data_args, image_args, task_args, training_arg
     return problems
 
 
-def warn_about_settings(task_args, training_args) -> None:
-    """Say which settings do nothing or slow training down; the collator needs the non-model columns."""
+def configure_training_args(task_args, training_args) -> None:
+    """Keep the columns the collator reads, logging the change; say which settings do nothing or slow training."""
     if task_args.gather_negatives and training_args.world_size == 1:
         logger.warning("--gather_negatives has no effect in a single process; it matters under torchrun / DDP.")
     if training_args.dataloader_num_workers == 0:
@@ -373,8 +385,10 @@ def warn_about_settings(task_args, training_args) -> None:
             "--dataloader_num_workers is 0: images are decoded in the training process, between steps. Set it to "
             "the number of CPU cores per GPU (e.g. 8) so decoding runs in parallel with training."
         )
-    # the collator reads `image_file` / `caption`, which are not model inputs the Trainer would keep
-    training_args.remove_unused_columns = False
+    if training_args.remove_unused_columns:
+        # the collator reads `image_file` / `caption`, which are not model inputs the Trainer would keep
+        logger.info("Turning off --remove_unused_columns: the collator reads the image_file and caption columns.")
+        training_args.remove_unused_columns = False
 
 
 def freeze_towers(model, task_args) -> None:
@@ -388,8 +402,7 @@ def freeze_towers(model, task_args) -> None:
                 sum(p.numel() for p in tower.parameters()),
                 type(tower).__name__,
             )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
+    log_trainable_parameters(model)
 
 
 def caption_length(model, task_args, processor, model_args) -> int:
@@ -399,17 +412,7 @@ def caption_length(model, task_args, processor, model_args) -> int:
         len(processor.tokenizer), model.text_model.get_input_embeddings(), model_args.tokenizer_name or text_source,
         text_source,
     )  # fmt: skip
-    max_length = task_args.max_seq_length
-    max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
-    if max_positions and max_length > max_positions:
-        logger.warning(
-            "--max_seq_length %d exceeds the text model's %d positions; using %d.",
-            max_length,
-            max_positions,
-            max_positions,
-        )
-        max_length = max_positions
-    return max_length
+    return fit_to_context(task_args.max_seq_length, model.config, "max_seq_length", "text model")
 
 
 def main(argv=None) -> dict:
@@ -420,17 +423,16 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
-    warn_about_settings(task_args, training_args)
+    configure_training_args(task_args, training_args)
 
     # load raw data: one row per (image, caption); images are checked below, at the processor's resolution
-    hub_kwargs = model_args.hub_kwargs()
     if model_args.model_name_or_path:
-        check_is_dual_encoder(model_args, hub_kwargs)
+        check_is_dual_encoder(model_args, model_args.hub_kwargs())
     with training_args.main_process_first(desc="loading data"):
         pairs = load_image_text_rows(data_args, image_args, training_args, model_args.cache_dir)
 
     # processor: the tokenizer and the image processor, saved together with the model
-    processor = load_processor(model_args, task_args, hub_kwargs)
+    processor = load_processor(model_args, task_args)
     target_size = image_target_size(processor.image_processor)
 
     # preprocess: every image decoded once (with --image_cache_dir also stored at that size), broken ones skipped
@@ -441,8 +443,7 @@ def main(argv=None) -> dict:
     data = {split: ds.add_column("row", list(range(len(ds)))) for split, ds in data.items()}
 
     # model
-    model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
-    freeze_towers(model, task_args)
+    model = load_model(model_args, task_args)
 
     # trainer
     collator = ImageTextCollator(

@@ -12,7 +12,7 @@ Every document gets an eos, then the documents are concatenated and cut into --b
 (only the last partial block of a split is dropped). Tokenized blocks are cached as Arrow files keyed
 by the data files (path, size, mtime), the tokenizer and the block size: the next run with the same
 inputs memory-maps them and starts training at once. --streaming tokenizes on the fly instead, for
-corpora larger than the disk or RAM can hold twice. The packing itself is in packing.py.
+corpora larger than the disk or RAM can hold twice. The packing itself is in zhtrain/data/packing.py.
 """
 
 import difflib
@@ -42,10 +42,18 @@ from zhtrain.data.packing import BlockRecipe, DocumentEncoder, StreamedBlocks, l
 from zhtrain.errors import UserError, run_main
 from zhtrain.launch import prepare_launch
 from zhtrain.metrics import next_token_accuracy, perplexity, strip_tokenizer_spaces
+from zhtrain.modeling import (
+    context_length,
+    document_start_token,
+    fit_embeddings,
+    log_trainable_parameters,
+    padding_id,
+    repair_special_tokens,
+    set_special_token_ids,
+)
 from zhtrain.parsing import parse_args
 from zhtrain.training import (
     apply_lora,
-    check_vocabulary_fits,
     load_adapter,
     lora_adapter_dir,
     read_adapter_config,
@@ -159,6 +167,11 @@ def argument_problems(model_args, data_args, finetuning_args, task_args, trainin
     return problems
 
 
+def configure_training_args(training_args) -> None:
+    """Pre-training uses the training arguments as given: blocks are full rows with their own labels, which the
+    stock Trainer handles (the other scripts adjust theirs here, and log each change)."""
+
+
 def use_adapter_base(model_args, finetuning_args, training_args) -> str | None:
     """--model_name_or_path a LoRA run's output: load its base model (and the adapter's tokenizer); the adapter dir."""
     adapter_dir = lora_adapter_dir(model_args.model_name_or_path)
@@ -189,45 +202,19 @@ def find_text_sources(data_args, training_args) -> dict[str, tuple[list[str], st
 
 
 def add_missing_special_tokens(tokenizer, from_scratch: bool) -> list[str]:
-    """Give the tokenizer an eos (always) and, from scratch, a bos and a pad distinct from eos.
+    """Give the tokenizer an eos (always) and, from scratch, a bos and a pad distinct from eos; the names added.
 
     A pad equal to eos is the zero_nlp / seed bug: collators mask padding out of the loss, so every eos is
     masked too and the model never learns to stop. Our blocks are never padded, so a pre-trained checkpoint
     whose pad is its eos (Qwen2) keeps its vocabulary: adding a token would change its embedding matrix.
     """
-    wanted = {}
-    if tokenizer.eos_token is None:
-        wanted["eos_token"] = "[EOS]"
-    if from_scratch:
-        if tokenizer.bos_token is None:
-            wanted["bos_token"] = "[BOS]"
-        if tokenizer.pad_token is None or tokenizer.pad_token == (tokenizer.eos_token or wanted.get("eos_token")):
-            wanted["pad_token"] = "[PAD]" if tokenizer.eos_token != "[PAD]" else "<pad>"
-    if wanted:
-        tokenizer.add_special_tokens(wanted)
-        logger.info("Added special tokens to the tokenizer: %s", wanted)
-    return sorted(wanted)
+    if not from_scratch:
+        return repair_special_tokens(tokenizer, new_eos="[EOS]")
+    return repair_special_tokens(tokenizer, new_eos="[EOS]", new_bos="[BOS]", new_pad="[PAD]")
 
 
-def document_start_token(tokenizer) -> int | None:
-    """bos when the tokenizer itself starts every text with it (Llama), else None (GPT-2, Qwen2, BERT vocab)."""
-    if tokenizer.bos_token_id is None:
-        return None
-    ids = tokenizer("中文", add_special_tokens=True)["input_ids"]
-    return tokenizer.bos_token_id if ids and ids[0] == tokenizer.bos_token_id else None
-
-
-def max_positions(config) -> int | None:
-    """The longest sequence the architecture can take (None for ALiBi models such as Bloom)."""
-    for name in ("max_position_embeddings", "n_positions", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def load_tokenizer_and_config(model_args, finetuning_args, task_args):
-    """The tokenizer (with the special tokens documents need) and the model config, with the block size."""
+def load_tokenizer_and_config(model_args, task_args, finetuning_args) -> tuple:
+    """The tokenizer (with the special tokens documents need) and the model config (built from scratch or read)."""
     from_scratch = not model_args.model_name_or_path
     hub = model_args.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
@@ -249,12 +236,17 @@ def load_tokenizer_and_config(model_args, finetuning_args, task_args):
             raise UserError(
                 f"--config_overrides '{task_args.config_overrides}': {exc}. Config keys: {keys}."
             ) from None
-    positions = max_positions(config)
+    return tokenizer, config
+
+
+def choose_block_size(config, model_args, task_args) -> int:
+    """--block_size, or the model's context length up to 1024; a block longer than the context is an error."""
+    positions = context_length(config)
     block_size = task_args.block_size or min(1024, positions or 1024)
     if positions and block_size > positions:
-        fix = "--config_overrides n_positions=..." if from_scratch else "a smaller --block_size"
+        fix = "a smaller --block_size" if model_args.model_name_or_path else "--config_overrides n_positions=..."
         raise UserError(f"--block_size {block_size} exceeds the model's {positions} positions; use {fix}.")
-    return tokenizer, config, block_size
+    return block_size
 
 
 def pack_datasets(sources, encoder, block_size, data_args, task_args, training_args) -> dict:
@@ -306,10 +298,11 @@ def stream_training_blocks(recipe: BlockRecipe, hold_out: bool, data_args, task_
     return processed
 
 
-def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str | None, is_trainable: bool):
+def load_model(model_args, finetuning_args, training_args, config, tokenizer, adapter_dir: str | None):
     """A new model from the config (from scratch) or the checkpoint, with the tokenizer's special ids; LoRA on top."""
     if not model_args.model_name_or_path:
         config.vocab_size = len(tokenizer)
+        # before the model is built: Llama-style embeddings keep the pad row at zero
         for name in ("bos", "eos", "pad"):
             setattr(config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
@@ -319,22 +312,19 @@ def load_model(model_args, finetuning_args, config, tokenizer, adapter_dir: str 
             model_args.model_name_or_path, config=config, dtype=model_args.dtype, **model_args.hub_kwargs()
         )
         tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-        check_vocabulary_fits(
-            tokenizer.vocab_size, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
-        )
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # an added eos
-            model.resize_token_embeddings(len(tokenizer))
-    for settings in (model.config, model.generation_config):
-        settings.eos_token_id = tokenizer.eos_token_id
-        settings.pad_token_id = tokenizer.pad_token_id
-        if tokenizer.bos_token_id is not None:
-            settings.bos_token_id = tokenizer.bos_token_id
+        fit_embeddings(model, tokenizer, tokenizer_source, model_args.model_name_or_path)  # grown for an added eos
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if tokenizer.bos_token_id is not None:
+        ids["bos_token_id"] = tokenizer.bos_token_id
+    set_special_token_ids(model, **ids)
     if adapter_dir:
-        return load_adapter(
-            model, adapter_dir, finetuning_args, model_args.model_name_or_path, is_trainable, "model_name_or_path"
-        )
-    if finetuning_args.finetuning_type == "lora":
-        return apply_lora(model, finetuning_args, "CAUSAL_LM")
+        model = load_adapter(
+            model, adapter_dir, finetuning_args, model_args.model_name_or_path, training_args.do_train,
+            "model_name_or_path",
+        )  # fmt: skip
+    elif finetuning_args.finetuning_type == "lora":
+        model = apply_lora(model, finetuning_args, "CAUSAL_LM")
+    log_trainable_parameters(model, "LoRA" if adapter_dir or finetuning_args.finetuning_type == "lora" else "Training")
     return model
 
 
@@ -386,11 +376,10 @@ def generate_samples(model, tokenizer, prompts: list[str], start_id: int, max_ne
     for prompt in prompts:
         ids = [start_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         input_ids = torch.tensor([ids], device=model.device)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.no_grad():
             output = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=padding_id(tokenizer),
             )  # fmt: skip
         new_ids = output[0, len(ids) :].tolist()
         stopped = tokenizer.eos_token_id in new_ids
@@ -415,13 +404,15 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
+    configure_training_args(training_args)
     adapter_dir = use_adapter_base(model_args, finetuning_args, training_args)
 
     # load raw data: the files of each split and their text column
     sources = find_text_sources(data_args, training_args)
 
     # tokenizer: it decides the token ids, and the config the block size
-    tokenizer, config, block_size = load_tokenizer_and_config(model_args, finetuning_args, task_args)
+    tokenizer, config = load_tokenizer_and_config(model_args, task_args, finetuning_args)
+    block_size = choose_block_size(config, model_args, task_args)
     encoder = DocumentEncoder(tokenizer, document_start_token(tokenizer), tokenizer.eos_token_id)
     logger.info(
         "Documents are encoded as %s<tokens>%s and packed into blocks of %d tokens.",
@@ -434,7 +425,7 @@ def main(argv=None) -> dict:
     processed = pack_datasets(sources, encoder, block_size, data_args, task_args, training_args)
 
     # model
-    model = load_model(model_args, finetuning_args, config, tokenizer, adapter_dir, training_args.do_train)
+    model = load_model(model_args, finetuning_args, training_args, config, tokenizer, adapter_dir)
 
     # trainer
     evaluating = training_args.do_eval and "validation" in processed

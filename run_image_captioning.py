@@ -12,7 +12,7 @@ from an image encoder and a Chinese decoder that gets new cross-attention layers
 decoder starts from [CLS] (BERT vocabularies) or bos, and pads with a token that is not eos. The data is the
 `text,image_path` format of run_clip.py, with the same image checks (broken images skipped and listed in
 output_dir/skipped_images.txt). Evaluation generates one caption per image (greedy unless --num_beams) and scores
-it against all captions of that image: BLEU-4, ROUGE-L and CIDEr-D on characters (metrics.caption_metrics).
+it against all captions of that image: BLEU-4, ROUGE-L and CIDEr-D on characters (zhtrain.metrics.caption_metrics).
 The output_dir holds the model, tokenizer and image processor:
 
     model = AutoModelForImageTextToText.from_pretrained(output_dir)   # a VisionEncoderDecoderModel
@@ -58,8 +58,9 @@ from zhtrain.data.images import check_image_rows, image_target_size, load_image_
 from zhtrain.errors import UserError, run_main
 from zhtrain.launch import prepare_launch
 from zhtrain.metrics import caption_metrics, strip_tokenizer_spaces
+from zhtrain.modeling import fit_embeddings, log_trainable_parameters, repair_special_tokens, set_special_token_ids
 from zhtrain.parsing import parse_args
-from zhtrain.training import check_vocabulary_fits, setup_run, train_evaluate_predict
+from zhtrain.training import setup_run, train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +134,44 @@ def set_special_tokens(tokenizer) -> int:
     BERT vocabularies (also the Chinese GPT-2s' vocabularies) end a text with [SEP] and pad with [PAD]; GPT-2's own
     vocabulary has only <|endoftext|>, so a pad token is added (the decoder's embeddings grow by one).
     """
-    added = 0
-    if tokenizer.eos_token is None:
-        if tokenizer.sep_token is not None:
-            tokenizer.eos_token = tokenizer.sep_token
-        else:
-            added += tokenizer.add_special_tokens({"eos_token": "</s>"})
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        added += tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-    return added
+    size = len(tokenizer)
+    repair_special_tokens(tokenizer, eos_from_sep=True, new_eos="</s>", new_pad="[PAD]")
+    return len(tokenizer) - size
+
+
+@dataclass
+class CaptionProcessor:
+    """The image processor (pixels in) and the decoder's tokenizer (captions out), both saved beside the model."""
+
+    image_processor: object
+    tokenizer: object
+
+
+def load_processor(model_args, task_args) -> CaptionProcessor:
+    """The encoder's image processor and the decoder's tokenizer (with eos and a pad that is not eos)."""
+    hub_kwargs, model_path = model_args.hub_kwargs(), model_args.model_name_or_path
+    if model_path:
+        image_processor = load_image_processor(model_path, "model_name_or_path", hub_kwargs)
+    else:
+        image_processor = load_image_processor(
+            task_args.encoder_model_name_or_path, "encoder_model_name_or_path", hub_kwargs
+        )
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_path or task_args.decoder_model_name_or_path, **hub_kwargs
+    )
+    set_special_tokens(tokenizer)
+    return CaptionProcessor(image_processor, tokenizer)
+
+
+def configure_training_args(task_args, training_args) -> None:
+    """Score captions by generating them and keep the columns the collator reads, logging each change."""
+    if (training_args.do_eval or training_args.do_predict) and not training_args.predict_with_generate:
+        logger.info("Captions are scored by generating them: turning on --predict_with_generate.")
+        training_args.predict_with_generate = True
+    if training_args.remove_unused_columns:
+        # the Trainer would drop `image_file` / `labels` / `reference_ids` as non-model inputs
+        logger.info("Turning off --remove_unused_columns: the collator reads the image_file and reference columns.")
+        training_args.remove_unused_columns = False
 
 
 def check_models(model_args, task_args, hub_kwargs: dict) -> None:
@@ -170,12 +200,23 @@ def check_models(model_args, task_args, hub_kwargs: dict) -> None:
         )
 
 
-def load_model(model_args, task_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
-    """A VisionEncoderDecoder checkpoint, or a new one from an image encoder and a decoder with cross-attention."""
+def load_model(model_args, task_args, tokenizer) -> VisionEncoderDecoderModel:
+    """A VisionEncoderDecoder checkpoint, or a new one from an image encoder and a decoder with cross-attention;
+    with the tokenizer's special ids, the encoder frozen if asked."""
+    load_kwargs = dict(model_args.hub_kwargs(), dtype=model_args.dtype)
     if model_args.model_name_or_path:
-        return VisionEncoderDecoderModel.from_pretrained(
+        model = VisionEncoderDecoderModel.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **load_kwargs
         )
+    else:
+        model = build_captioner(task_args, load_kwargs)
+    set_decoder_tokens(model, tokenizer, model_args, task_args)
+    freeze_encoder(model, task_args)
+    return model
+
+
+def build_captioner(task_args, load_kwargs: dict) -> VisionEncoderDecoderModel:
+    """A new captioning model from an image encoder and a decoder that gets cross-attention layers."""
     # transformers 5 no longer turns a GPT-2 / BERT config into a decoder itself ('GPT2Config' object has no
     # attribute 'is_decoder'): the config is loaded here and given the cross-attention that reads the image
     hub_kwargs = {k: v for k, v in load_kwargs.items() if k != "dtype"}
@@ -197,7 +238,7 @@ def load_model(model_args, task_args, load_kwargs: dict) -> VisionEncoderDecoder
 
 
 def per_image_rows(dataset: Dataset) -> dict[str, list]:
-    """Evaluation rows: one per image with all its captions (rows of `load_image_text_datasets` are per caption)."""
+    """Evaluation rows: one per image with all its captions (rows of `load_image_text_rows` are per caption)."""
     rows: dict[int, dict] = {}
     for path, file, caption, index in zip(
         dataset["image_path"], dataset["image_file"], dataset["caption"], dataset["image_index"]
@@ -279,36 +320,19 @@ def caption_datasets(pairs, tokenizer, max_length: int) -> dict[str, Dataset]:
     return data
 
 
-def set_decoder_tokens(model, tokenizer, added_tokens: int, model_args, task_args) -> None:
+def set_decoder_tokens(model, tokenizer, model_args, task_args) -> None:
     """Decoder start, eos and pad on the config and the generation config; the embeddings grown for new tokens.
 
     A tokenizer with more ids of its own than the decoder has embeddings (one from another model) is refused.
     """
     from_checkpoint = bool(model_args.model_name_or_path)
     decoder = model_args.model_name_or_path or task_args.decoder_model_name_or_path
-    check_vocabulary_fits(
-        len(tokenizer) - added_tokens,
-        model.decoder.get_input_embeddings(),
-        model_args.tokenizer_name or decoder,
-        decoder,
-    )
-    rows = model.decoder.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:  # never shrink: some checkpoints round their embeddings up past the vocabulary
-        model.decoder.resize_token_embeddings(len(tokenizer))
-        logger.info(
-            "The decoder's embeddings grew from %d to %d rows for the tokenizer's tokens.", rows, len(tokenizer)
-        )
-    if added_tokens:
-        logger.info(
-            "Added %d special token(s) to the tokenizer: eos %s, pad %s", added_tokens, tokenizer.eos_token,
-            tokenizer.pad_token,
-        )  # fmt: skip
+    fit_embeddings(model.decoder, tokenizer, model_args.tokenizer_name or decoder, decoder)
     eos = tokenizer.eos_token_id
     start = model.config.decoder_start_token_id if from_checkpoint else None
     if start is None:  # BERT vocabularies start from [CLS]; GPT-2's from its bos (= <|endoftext|>)
         start = next(i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, eos) if i is not None)
-    for target in (model.config, model.generation_config):
-        target.decoder_start_token_id, target.pad_token_id, target.eos_token_id = start, tokenizer.pad_token_id, eos
+    set_special_token_ids(model, decoder_start_token_id=start, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
     logger.info(
         "Decoder start %s, eos %s, pad %s",
         *(f"{tokenizer.convert_ids_to_tokens(i)} ({i})" for i in (start, eos, tokenizer.pad_token_id)),
@@ -322,8 +346,7 @@ def freeze_encoder(model, task_args) -> None:
         logger.info(
             "--freeze_encoder: %d encoder weights stay fixed.", sum(p.numel() for p in model.encoder.parameters())
         )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
+    log_trainable_parameters(model)
 
 
 class CaptionMetrics:
@@ -361,32 +384,18 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args)
-    if (training_args.do_eval or training_args.do_predict) and not training_args.predict_with_generate:
-        logger.info("Captions are scored by generating them: turning on --predict_with_generate.")
-        training_args.predict_with_generate = True
-    # the collator reads `image_file` / `labels` / `reference_ids`; the Trainer would drop them as non-model inputs
-    training_args.remove_unused_columns = False
+    configure_training_args(task_args, training_args)
 
     # load raw data: one row per (image, caption); images are checked below, at the processor's resolution
-    hub_kwargs = model_args.hub_kwargs()
-    check_models(model_args, task_args, hub_kwargs)
+    check_models(model_args, task_args, model_args.hub_kwargs())
     with training_args.main_process_first(desc="loading data"):
         pairs = load_image_text_rows(
             data_args, image_args, training_args, model_args.cache_dir, captions_optional=("test",)
         )
 
     # processor: the encoder's image processor and the decoder's tokenizer (with eos and a pad that is not eos)
-    model_path = model_args.model_name_or_path
-    image_source = (
-        (model_path, "model_name_or_path")
-        if model_path
-        else (task_args.encoder_model_name_or_path, "encoder_model_name_or_path")
-    )
-    image_processor = load_image_processor(*image_source, hub_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_path or task_args.decoder_model_name_or_path, **hub_kwargs
-    )
-    added_tokens = set_special_tokens(tokenizer)
+    processor = load_processor(model_args, task_args)
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
     target_size = image_target_size(image_processor)
 
     # preprocess: every image decoded once (broken ones skipped and listed), captions -> labels
@@ -397,9 +406,7 @@ def main(argv=None) -> dict:
     data = caption_datasets(pairs, tokenizer, task_args.max_target_length)
 
     # model
-    model = load_model(model_args, task_args, dict(hub_kwargs, dtype=model_args.dtype))
-    set_decoder_tokens(model, tokenizer, added_tokens, model_args, task_args)
-    freeze_encoder(model, task_args)
+    model = load_model(model_args, task_args, tokenizer)
 
     # trainer: the saved model then captions the way it was evaluated
     model.generation_config = build_generation_config(

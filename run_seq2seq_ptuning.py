@@ -9,11 +9,11 @@
     torchrun --nproc_per_node 8 run_seq2seq_ptuning.py examples/seq2seq_adgen_ptuning.json
 
 Data: OpenAI `messages` or ShareGPT `conversations` files, ChatGLM's (`ptuning/main.py`) prompt / response /
-history columns, or Alpaca instruction / input / output files (chat_data.py). Conversations are rendered with
-the model's own chat template, or `--template` / `--chat_template` (chat_format.py), and the loss falls on the
-answers and their stop tokens only: every answer, or the last one with --mask_history. Evaluation generates the
-last answer from the turns before it (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as ChatGLM does,
-against the answers as written in the data file.
+history columns, or Alpaca instruction / input / output files (zhtrain/chat/data.py). Conversations are rendered
+with the model's own chat template, or `--template` / `--chat_template` (zhtrain/chat/format.py), and the loss
+falls on the answers and their stop tokens only: every answer, or the last one with --mask_history. Evaluation
+generates the last answer from the turns before it (greedy by default) and scores ROUGE-1/2/L and BLEU-4 as
+ChatGLM does, against the answers as written in the data file.
 """
 
 import importlib.util
@@ -57,12 +57,12 @@ from zhtrain.data.files import drop_invalid_rows, limit_samples, load_raw_datase
 from zhtrain.errors import run_main
 from zhtrain.launch import prepare_launch
 from zhtrain.metrics import rouge_bleu, strip_tokenizer_spaces
+from zhtrain.modeling import fit_embeddings, log_trainable_parameters, repair_special_tokens, set_special_token_ids
 from zhtrain.padding_free import PACKED_SDPA, PaddingFreeCollator, padding_free_problems
 from zhtrain.parsing import parse_args
 from zhtrain.training import (
     apply_lora,
     apply_ptuning,
-    check_vocabulary_fits,
     load_adapter,
     setup_run,
     train_evaluate_predict,
@@ -160,11 +160,11 @@ class PromptResponseArguments:
     ignore_pad_token_for_loss: bool = field(
         default=True, metadata={"help": "Kept for ChatGLM argument files: padding never counts in the loss."}
     )
-    ptuning_checkpoint: str | None = field(
+    adapter_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A P-Tuning or LoRA checkpoint saved by this script, to evaluate, predict or continue with.",
-            "aliases": ["--adapter_name_or_path"],
+            "help": "A LoRA or P-Tuning adapter saved by this script (its output_dir or a checkpoint-N dir), to "
+            "evaluate, predict or continue training with. The old name --ptuning_checkpoint still works."
         },
     )
     model_parallel_mode: bool = field(
@@ -262,11 +262,12 @@ def argument_problems(model_args, data_args, task_args, finetuning_args, generat
             "prefix when layers are recomputed. Remove --gradient_checkpointing (P-Tuning needs little memory), "
             "or use --finetuning_type lora."
         )
-    checkpoint = task_args.ptuning_checkpoint
+    checkpoint = task_args.adapter_name_or_path
     if checkpoint and not (Path(checkpoint) / "adapter_config.json").is_file():
         found = sorted(p.name for p in Path(checkpoint).iterdir()) if Path(checkpoint).is_dir() else []
         problems.append(
-            f"--ptuning_checkpoint '{checkpoint}' has no adapter_config.json (it holds: {', '.join(found) or 'nothing'}). "
+            f"--adapter_name_or_path '{checkpoint}' has no adapter_config.json "
+            f"(it holds: {', '.join(found) or 'nothing'}). "
             "Give the output_dir (or a checkpoint-N dir) of a --finetuning_type ptuning/lora run; a full fine-tune "
             "is loaded with --model_name_or_path instead."
         )
@@ -280,8 +281,9 @@ def argument_problems(model_args, data_args, task_args, finetuning_args, generat
     return problems
 
 
-def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> None:
-    """Say which given arguments have no effect, and turn on generation where prediction needs it."""
+def configure_training_args(task_args, finetuning_args, training_args) -> None:
+    """Turn on generation where prediction needs it and keep the collator's columns, logging each change; say
+    which given arguments have no effect."""
     if finetuning_args.finetuning_type != "lora" and finetuning_args.lora_rank != FinetuningArguments.lora_rank:
         logger.warning(
             "--lora_rank is set but --finetuning_type is %s: LoRA settings are ignored.",
@@ -290,7 +292,7 @@ def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> N
     if (
         finetuning_args.finetuning_type != "ptuning"
         and finetuning_args.pre_seq_len is not None
-        and not task_args.ptuning_checkpoint
+        and not task_args.adapter_name_or_path
     ):
         logger.warning(
             "--pre_seq_len is set but --finetuning_type is %s: it is ignored.", finetuning_args.finetuning_type
@@ -306,12 +308,14 @@ def warn_about_ignored_arguments(task_args, finetuning_args, training_args) -> N
     if training_args.do_predict and not training_args.predict_with_generate:
         logger.info("--do_predict generates answers: turning on --predict_with_generate.")
         training_args.predict_with_generate = True
-    # our collator builds exactly the keys the model and the trainer's generation step use
-    training_args.remove_unused_columns = False
+    if training_args.remove_unused_columns:
+        # the collator builds exactly the keys the model and the trainer's generation step use
+        logger.info("Turning off --remove_unused_columns: the collator needs the prompt_ids and row columns.")
+        training_args.remove_unused_columns = False
 
 
 def row_problem(values: dict, chat_columns: ChatColumns, task_args, needs_answer: bool) -> str | None:
-    """Why a row cannot be used (see chat_data.conversation_problem), or None."""
+    """Why a row cannot be used (see zhtrain.chat.data.conversation_problem), or None."""
     row = {role: values[column] for role, column in chat_columns.columns.items()}
     messages = conversation_of(row, chat_columns, task_args.system_prompt, task_args.source_prefix)
     return conversation_problem(messages, needs_answer)
@@ -346,28 +350,23 @@ def conversations(dataset, chat_columns: ChatColumns, task_args) -> list[list[di
 
 
 def load_tokenizer_and_config(model_args) -> tuple:
-    """The tokenizer (an eos that ends answers, a pad token), the model config, tokens added, the model's stop ids."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, **model_args.hub_kwargs()
-    )
-    added_tokens = 0
-    if tokenizer.eos_token is None:
-        if tokenizer.sep_token is not None:  # BERT-vocabulary Chinese GPT-2s end texts with [SEP]
-            tokenizer.eos_token = tokenizer.sep_token
-        else:
-            added_tokens += tokenizer.add_special_tokens({"eos_token": "</s>"})
-        logger.info("The tokenizer has no eos token; using %s to end answers.", tokenizer.eos_token)
-    if tokenizer.pad_token is None:  # padding never reaches the loss (-100), so sharing eos's id is harmless
-        tokenizer.pad_token = tokenizer.eos_token
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path, **model_args.hub_kwargs()
-    )
-    try:  # the model's own stop ids (Qwen: <|im_end|> and <|endoftext|>; Llama-3.1: three of them)
+    """The tokenizer (an eos that ends answers, a pad token) and the model config."""
+    hub = model_args.hub_kwargs()
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
+    # BERT-vocabulary Chinese GPT-2s end texts with [SEP]; padding never reaches the loss (-100), so a pad that
+    # shares eos's id is harmless
+    repair_special_tokens(tokenizer, eos_from_sep=True, new_eos="</s>", pad_from_eos=True)
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **hub)
+    return tokenizer, config
+
+
+def saved_stop_ids(model_args) -> list[int]:
+    """The model's own stop ids from its generation config (Qwen: <|im_end|> and <|endoftext|>; Llama-3.1: three)."""
+    try:
         eos = GenerationConfig.from_pretrained(model_args.model_name_or_path, **model_args.hub_kwargs()).eos_token_id
     except OSError:
         eos = None
-    model_stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    return tokenizer, config, added_tokens, model_stop_ids
+    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def build_chat_format(tokenizer, task_args, model_stop_ids: list[int]) -> ChatFormat:
@@ -501,7 +500,7 @@ def reference_answers(raw, chat_columns, task_args) -> list[str]:
     return references
 
 
-def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens: int, training_args):
+def load_model(model_args, task_args, finetuning_args, training_args, config, tokenizer):
     """The causal-LM or seq2seq model (quantized or spread over GPUs if asked), with its adapter or new adapters."""
     load_kwargs = {}
     if task_args.model_parallel_mode:
@@ -517,7 +516,7 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_type="nf4",
         )
-    if task_args.padding_free:  # sdpa within each example of a flattened batch (padding_free.py)
+    if task_args.padding_free:  # sdpa within each example of a flattened batch (zhtrain/padding_free.py)
         load_kwargs["attn_implementation"] = PACKED_SDPA
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
@@ -525,24 +524,23 @@ def load_model(model_args, task_args, finetuning_args, config, tokenizer, added_
         model_args.model_name_or_path, config=config, **model_args.hub_kwargs(), dtype=model_args.dtype, **load_kwargs
     )
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    check_vocabulary_fits(
-        len(tokenizer) - added_tokens, model.get_input_embeddings(), tokenizer_source, model_args.model_name_or_path
-    )
-    if added_tokens:
-        model.resize_token_embeddings(len(tokenizer))
+    fit_embeddings(model, tokenizer, tokenizer_source, model_args.model_name_or_path)  # grown for an added eos
     if task_args.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     task_type = "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM"
-    if task_args.ptuning_checkpoint:
-        return load_adapter(
-            model, task_args.ptuning_checkpoint, finetuning_args, model_args.model_name_or_path, training_args.do_train
-        )
-    if finetuning_args.finetuning_type == "lora":
-        return apply_lora(model, finetuning_args, task_type)
-    if finetuning_args.finetuning_type == "ptuning":
-        return apply_ptuning(model, finetuning_args, task_type, config.hidden_size)
+    method = finetuning_args.finetuning_type
+    if task_args.adapter_name_or_path:
+        model = load_adapter(
+            model, task_args.adapter_name_or_path, finetuning_args, model_args.model_name_or_path,
+            training_args.do_train, "adapter_name_or_path",
+        )  # fmt: skip
+    elif method == "lora":
+        model = apply_lora(model, finetuning_args, task_type)
+    elif method == "ptuning":
+        model = apply_ptuning(model, finetuning_args, task_type, config.hidden_size)
+    log_trainable_parameters(model, {"lora": "LoRA", "ptuning": "P-Tuning v2"}.get(method, "Training"))
     return model
 
 
@@ -551,11 +549,9 @@ def set_stop_tokens(model, tokenizer, stop_ids: list[int], training_args) -> Non
 
     An adapter's output_dir holds no model: its generation_config.json is written next to the adapter.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for target in (base.config, base.generation_config):
-        target.pad_token_id, target.eos_token_id = tokenizer.pad_token_id, list(stop_ids)
-    if base is not model and training_args.do_train and training_args.should_save:
-        base.generation_config.save_pretrained(training_args.output_dir)
+    set_special_token_ids(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids))
+    if hasattr(model, "get_base_model") and training_args.do_train and training_args.should_save:
+        model.get_base_model().generation_config.save_pretrained(training_args.output_dir)
 
 
 def build_collator(tokenizer, task_args, training_args, encoder_decoder: bool):
@@ -619,17 +615,17 @@ def main(argv=None) -> dict:
 
     # set up the run
     setup_run(args, model_parallel=task_args.model_parallel_mode)
-    warn_about_ignored_arguments(task_args, finetuning_args, training_args)
+    configure_training_args(task_args, finetuning_args, training_args)
 
     # load raw data: conversations, the unusable ones dropped and counted
     raw, chat_columns = load_chat_data(data_args, task_args, training_args, model_args.cache_dir)
 
     # tokenizer, and the prompt format: the chat template, its answer spans and stop tokens
-    tokenizer, config, added_tokens, model_stop_ids = load_tokenizer_and_config(model_args)
+    tokenizer, config = load_tokenizer_and_config(model_args)
     longest = task_args.max_source_length + task_args.max_target_length
     raise_if_problems(padding_free_problems(config, longest) if task_args.padding_free else [])
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    chat_format = None if encoder_decoder else build_chat_format(tokenizer, task_args, model_stop_ids)
+    chat_format = None if encoder_decoder else build_chat_format(tokenizer, task_args, saved_stop_ids(model_args))
 
     # preprocess: token ids with labels on the answers only
     processed = encode_splits(
@@ -638,7 +634,7 @@ def main(argv=None) -> dict:
     references = reference_answers(raw, chat_columns, task_args)
 
     # model
-    model = load_model(model_args, task_args, finetuning_args, config, tokenizer, added_tokens, training_args)
+    model = load_model(model_args, task_args, finetuning_args, training_args, config, tokenizer)
     stop_ids = chat_format.stop_ids if chat_format else [tokenizer.eos_token_id]
     set_stop_tokens(model, tokenizer, stop_ids, training_args)
 

@@ -148,8 +148,8 @@ def zero3_step_per_forward(engine, model):
 
     DeepSpeed resets its fetch bookkeeping in a pre-forward hook on the module it wraps. A peft model's
     `generate` calls the base model directly, so that hook never runs: the bookkeeping grows with every
-    generated token and prediction slows down quadratically (LoRA: 4 s for eval, 85 s for the same rows in
-    predict, seen on CPU and on an H200). The extra hook does the reset the wrapper would have done.
+    generated token and prediction slows down quadratically (seen on CPU and on an H200). The extra hook does the
+    reset the wrapper would have done.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     optimizer = getattr(engine, "optimizer", None)

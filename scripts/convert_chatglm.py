@@ -13,11 +13,11 @@ The output folder loads with plain `AutoModelForCausalLM.from_pretrained(DST)` a
   memory-mapped with `torch.load(weights_only=True)`); the output is written one shard at a time. Peak memory is
   one output shard (`--max_shard_size`, default 2GB) plus the source shard being read (memory-mapped pages count
   as resident but are file-backed; a legacy non-zip `.bin` cannot be mapped and is read whole) plus ~0.5 GB for
-  Python, torch and transformers. Measured on a 1.06 GB float16 checkpoint in two `.bin` shards: 1.6 GB peak RSS
-  with the defaults, 1.2 GB with `--max_shard_size 200MB`; a 6B model (12.5 GB, THUDM's ~2 GB shards) needs
-  about 5 GB.
+  Python, torch and transformers: a 6B model (12.5 GB, THUDM's ~2 GB shards) needs about 5 GB, and a smaller
+  `--max_shard_size` lowers the peak.
 - tokenizer.json etc.: a fast tokenizer built from the sentencepiece `tokenizer.model` (no remote code), with
-  ChatGLM's special-token ids and the project's chat template (`chat_format.TEMPLATES["chatglm2"/"chatglm3"]`).
+  ChatGLM's special-token ids and the project's chat template
+  (`zhtrain.chat.format.TEMPLATES["chatglm2"/"chatglm3"]`).
   It is checked against sentencepiece on a fixed set of texts and conversations before it is written, and again
   after it is reloaded from DST; any difference is an error.
 - generation_config.json: ChatGLM's stop ids (`</s>`; for ChatGLM3 also `<|user|>` and `<|observation|>`), pad 0.

@@ -27,7 +27,7 @@ def merge_lora(adapter: str, output_dir: str, base_model: str | None = None, dty
     if saved.get("peft_type") != "LORA":
         raise ValueError(
             f"--adapter '{adapter}' holds {saved.get('peft_type')} weights; only LoRA folds into the base weights "
-            "(P-Tuning prefixes stay a separate input: load them with --ptuning_checkpoint)."
+            "(P-Tuning prefixes stay a separate input: load them with --adapter_name_or_path)."
         )
     base = base_model or saved.get("base_model_name_or_path")
     if not base:

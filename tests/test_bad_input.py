@@ -1,8 +1,8 @@
 """Bad input as a new user gives it, per script: one short message naming the flag, file or row; exit 1 or 2; no traceback.
 
-Each case runs the script's `main` in this process through `errors.run_main`, exactly what `python run_x.py ...`
-does, and reads stderr; every case stops before training, so the tables are unit tests. test_errors.py runs two
-of them as real processes.
+Each case runs the script's `main` in this process through `zhtrain.errors.run_main`, exactly what
+`python run_x.py ...` does, and reads stderr; every case stops before training, so the tables are unit tests.
+test_errors.py runs two of them as real processes.
 """
 
 import importlib.util

@@ -1,4 +1,4 @@
-"""chat_data.py: every layout of chat data read into conversations, and the reasons a row is dropped."""
+"""zhtrain/chat/data.py: every layout of chat data read into conversations, and the reasons a row is dropped."""
 
 from types import SimpleNamespace
 

@@ -1,4 +1,5 @@
-"""chat_format.py: conversations into ids with the chat template, answers and stop tokens, truncation, refusals.
+"""zhtrain/chat/format.py: conversations into ids with the chat template, answers and stop tokens, truncation and
+refusals.
 
 Literal ids come from a character tokenizer built here (one id per character), so every expectation can be read
 off the vocabulary below.

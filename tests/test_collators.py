@@ -1,4 +1,4 @@
-"""Unit tests for collators.py on small batches (the docstring examples run as doctests too)."""
+"""Unit tests for zhtrain/data/collators.py on small batches (the docstring examples run as doctests too)."""
 
 from PIL import Image
 

@@ -1,4 +1,4 @@
-"""Unit tests for data.py: finding data files, reading every format and encoding, splits, row cleaning."""
+"""Unit tests for zhtrain/data/files.py: finding data files, reading every format and encoding, splits, row cleaning."""
 
 import json
 import logging

@@ -1,4 +1,4 @@
-"""errors.py: the one way out of a script (message, exit status, --debug / DEBUG=1), and two real processes."""
+"""zhtrain/errors.py: the one way out of a script (message, exit status, --debug / DEBUG=1), and two real processes."""
 
 import subprocess
 import sys

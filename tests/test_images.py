@@ -1,4 +1,5 @@
-"""Unit tests for images.py: checks before training, RGB conversion, reduced-scale decoding, caching, image-text rows."""
+"""Unit tests for zhtrain/data/images.py: checks before training, RGB conversion, reduced-scale decoding, caching,
+image-text rows."""
 
 import csv
 import json

@@ -1,5 +1,6 @@
-"""Unit tests for launch.py in one process: the flags a launch needs, the DataParallel refusal, the dry run, and
-the DeepSpeed sizes filled in for models without one hidden_size. The real multi-process runs are in test_multigpu.py.
+"""Unit tests for zhtrain/launch.py in one process: the flags a launch needs, the DataParallel refusal, the dry run,
+and the DeepSpeed sizes filled in for models without one hidden_size. The real multi-process runs are in
+test_multigpu.py.
 """
 
 import json

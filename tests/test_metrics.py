@@ -1,4 +1,4 @@
-"""Unit tests for metrics.py on hand-computed examples (expected values worked out in the comments)."""
+"""Unit tests for zhtrain/metrics.py on hand-computed examples (expected values worked out in the comments)."""
 
 import math
 

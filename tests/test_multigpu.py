@@ -1,6 +1,6 @@
 """Multi-GPU support: the DeepSpeed configs, and real 2-process DDP / ZeRO runs on CPU (gloo).
 
-The single-process checks of launch.py are in test_launch.py.
+The single-process checks of zhtrain/launch.py are in test_launch.py.
 """
 
 import json

@@ -1,5 +1,5 @@
-"""Unit tests for packing.py: documents encoded with eos, cut into exact blocks, the same with worker processes and
-when streamed."""
+"""Unit tests for zhtrain/data/packing.py: documents encoded with eos, cut into exact blocks, the same with worker
+processes and when streamed."""
 
 import numpy as np
 import pytest

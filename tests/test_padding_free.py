@@ -1,5 +1,5 @@
-"""padding_free.py: a flattened batch trains exactly like the same rows padded, attention never crosses examples,
-P-Tuning's prefix reaches every example, token-budget batches; and run_seq2seq_ptuning.py --padding_free."""
+"""zhtrain/padding_free.py: a flattened batch trains exactly like the same rows padded, attention never crosses
+examples, P-Tuning's prefix reaches every example, token-budget batches; and run_seq2seq_ptuning.py --padding_free."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Unit tests for parsing.py: parse_args from the command line, an argument file or a dict; transformers-4 keys."""
+"""Unit tests for zhtrain/parsing.py: parse_args from the command line, an argument file or a dict; renamed keys."""
 
 import json
 import logging
@@ -444,3 +444,39 @@ def test_ddp_timeout_defaults_to_three_hours():
     assert parse_args(run_clm.ARGUMENT_CLASSES, base)[-1].ddp_timeout == DEFAULT_DDP_TIMEOUT == 10800
     assert parse_args(run_clm.ARGUMENT_CLASSES, {**base, "ddp_timeout": 600})[-1].ddp_timeout == 600
     assert parse_args(run_clm.ARGUMENT_CLASSES, ["--ddp_timeout", "60", *["--output_dir", "o"]])[-1].ddp_timeout == 60
+
+
+# --------------------------------------------------------------------------------------------- project renames
+
+
+@dataclass
+class AdapterArguments:
+    adapter_name_or_path: str | None = field(default=None)
+
+
+@pytest.mark.parametrize("source", ["cli", "file"])
+def test_ptuning_checkpoint_still_loads_an_adapter_and_warns_with_the_new_name(tmp_path, caplog, source):
+    classes = [ModelArguments, AdapterArguments, TrainingArguments]
+    if source == "cli":
+        argv = ["--ptuning_checkpoint", "out/adgen", "--output_dir", str(tmp_path)]
+    else:
+        argv = [write_json(tmp_path / "old.json", {"ptuning_checkpoint": "out/adgen", "output_dir": str(tmp_path)})]
+    with caplog.at_level(logging.WARNING):
+        _, adapter_args, _ = parse_args(classes, argv)
+    assert adapter_args.adapter_name_or_path == "out/adgen"
+    assert "ptuning_checkpoint" in warnings_of(caplog) and "`adapter_name_or_path`" in warnings_of(caplog)
+
+
+def test_ptuning_checkpoint_and_adapter_name_or_path_together_is_an_error(tmp_path):
+    argv = ["--ptuning_checkpoint", "a", "--adapter_name_or_path", "b", "--output_dir", str(tmp_path)]
+    with pytest.raises(ArgumentError, match="keep only `--adapter_name_or_path`"):
+        parse_args([ModelArguments, AdapterArguments, TrainingArguments], argv)
+
+
+def test_the_seq2seq_script_takes_the_old_adapter_flag(tmp_path, caplog):
+    import run_seq2seq_ptuning
+
+    with caplog.at_level(logging.WARNING):
+        parsed = parse_args(run_seq2seq_ptuning.ARGUMENT_CLASSES, ["--ptuning_checkpoint", "out", "--output_dir", "o"])
+    assert parsed[2].adapter_name_or_path == "out"
+    assert "`adapter_name_or_path`" in warnings_of(caplog)

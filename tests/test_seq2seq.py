@@ -123,18 +123,18 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
         n_model = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
     assert n_saved < 0.05 * n_model  # only the prefix / the adapters, not a copy of the model
 
-    # reloading through --ptuning_checkpoint reproduces the greedy predictions
+    # reloading through --adapter_name_or_path reproduces the greedy predictions
     reloaded = tmp_path / "reloaded"
     run(
         demo_dir, reloaded, "--do_predict", model=str(lm_base), test_file=test_file, max_predict_samples=12,
-        ptuning_checkpoint=out, train_file=None, validation_file=None,
+        adapter_name_or_path=out, train_file=None, validation_file=None,
     )  # fmt: skip
     assert (reloaded / "generated_predictions.jsonl").read_text("utf-8") == (
         out / "generated_predictions.jsonl"
     ).read_text("utf-8")
     if method == "ptuning":  # a checkpoint never loads silently under other settings
         with pytest.raises(ValueError, match="trained with pre_seq_len 16, not 8"):
-            run(demo_dir, tmp_path / "x", "--do_predict", model=str(lm_base), test_file=test_file, ptuning_checkpoint=out,
+            run(demo_dir, tmp_path / "x", "--do_predict", model=str(lm_base), test_file=test_file, adapter_name_or_path=out,
                 finetuning_type="ptuning", pre_seq_len=8, train_file=None, validation_file=None)  # fmt: skip
     if method == "lora":
         from merge_lora import merge_lora
@@ -221,9 +221,9 @@ def test_argument_errors(demo_dir, tmp_path):
     with pytest.raises(ValueError, match="--quantization_bit needs a CUDA GPU"):
         run(demo_dir, tmp_path, "--do_train", finetuning_type="lora", quantization_bit=4)
     with pytest.raises(
-        ValueError, match=r"--ptuning_checkpoint '.*' has no adapter_config.json \(it holds: config.json"
+        ValueError, match=r"--adapter_name_or_path '.*' has no adapter_config.json \(it holds: config.json"
     ):
-        run(demo_dir, tmp_path, "--do_eval", ptuning_checkpoint=demo_dir / "models" / "llama-tiny-sft-zh")
+        run(demo_dir, tmp_path, "--do_eval", adapter_name_or_path=demo_dir / "models" / "llama-tiny-sft-zh")
     with pytest.raises(ValueError, match=r"`--prompt_column` 'question_text' is not a column .*columns are: content"):
         run(demo_dir, tmp_path, "--do_train", prompt_column="question_text")
 

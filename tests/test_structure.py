@@ -192,6 +192,120 @@ def test_main_parses_validates_sets_up_first_and_ends_in_train_evaluate_predict(
     )
 
 
+# ---- the same role has the same name and convention in every run_*.py ---------------------------------------------
+
+# the argument objects, in the order every role function takes those it needs (before any other parameter)
+ARGUMENT_ORDER = (
+    "model_args", "data_args", "image_args", "task_args", "finetuning_args", "generation_args", "training_args",
+)  # fmt: skip
+IMAGE_SCRIPTS = ("run_clip.py", "run_image_captioning.py")  # they load a processor (tokenizer + image processor)
+
+
+def roles_of(script: Path) -> dict[str, str]:
+    """role -> the name of the function that plays it in `script`."""
+    loader = "load_processor" if script.name in IMAGE_SCRIPTS else "load_tokenizer_and_config"
+    return {
+        "configure the training arguments": "configure_training_args",
+        "load the tokenizer (or processor)": loader,
+        "load the model": "load_model",
+    }
+
+
+def top_level_functions(path: Path) -> dict[str, ast.FunctionDef]:
+    return {node.name: node for node in tree(path).body if isinstance(node, ast.FunctionDef)}
+
+
+def parameters(function: ast.FunctionDef) -> list[str]:
+    return [a.arg for a in function.args.posonlyargs + function.args.args]
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS, ids=name)
+def test_every_role_has_its_name_and_main_calls_it(script):
+    functions = top_level_functions(script)
+    called = {call_name(node) for node in ast.walk(main_of(script)) if isinstance(node, ast.Call)}
+    missing = [f"{function} ({role})" for role, function in roles_of(script).items() if function not in functions]
+    assert not missing, f"{name(script)} defines no {', '.join(missing)}"
+    not_called = [f for f in [*roles_of(script).values(), "train_evaluate_predict"] if f not in called]
+    assert not not_called, f"{name(script)}: main() does not call {', '.join(not_called)}"
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS, ids=name)
+def test_role_functions_take_the_argument_objects_first_in_one_order(script):
+    functions = top_level_functions(script)
+    for function in roles_of(script).values():
+        params = parameters(functions[function])
+        arguments = [p for p in params if p in ARGUMENT_ORDER]
+        where = f"{name(script)}:{functions[function].lineno} {function}({', '.join(params)})"
+        assert params[: len(arguments)] == arguments == sorted(arguments, key=ARGUMENT_ORDER.index), (
+            f"{where}: the argument objects come first, in the order {', '.join(ARGUMENT_ORDER)}"
+        )
+        if function.startswith("load_"):
+            assert params[0] == "model_args", f"{where}: a loader takes model_args first"
+    configure = parameters(functions["configure_training_args"])
+    assert set(configure) <= set(ARGUMENT_ORDER) and configure[-1] == "training_args", (
+        f"{name(script)}: configure_training_args takes argument objects only, training_args last: {configure}"
+    )
+
+
+@pytest.mark.parametrize("script", [p for p in RUN_SCRIPTS if p.name not in IMAGE_SCRIPTS], ids=name)
+def test_load_tokenizer_and_config_returns_tokenizer_and_config(script):
+    function = top_level_functions(script)["load_tokenizer_and_config"]
+    returns = [node for node in ast.walk(function) if isinstance(node, ast.Return)]
+    shapes = [ast.unparse(node.value) for node in returns]
+    assert shapes == ["(tokenizer, config)"], f"{name(script)}: load_tokenizer_and_config returns {shapes}"
+
+
+def assigned_training_args(node: ast.AST) -> list[ast.Assign]:
+    """The statements in `node` that set an attribute of training_args."""
+    return [
+        child
+        for child in ast.walk(node)
+        if isinstance(child, ast.Assign)
+        and any(
+            isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "training_args"
+            for t in child.targets
+        )
+    ]
+
+
+def is_log_line(statement: ast.stmt) -> bool:
+    """`logger.info(...)`, `logger.warning(...)`: a statement that is a call of a logger method."""
+    call = statement.value if isinstance(statement, ast.Expr) else None
+    return (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and ast.unparse(call.func.value) == "logger"
+    )
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS, ids=name)
+def test_only_configure_training_args_changes_them_and_it_logs_every_change(script):
+    elsewhere = [
+        f"{name(script)}:{assign.lineno} {function.name}() sets {ast.unparse(assign.targets[0])}"
+        for function in top_level_functions(script).values()
+        if function.name != "configure_training_args"
+        for assign in assigned_training_args(function)
+    ]
+    assert not elsewhere, "training arguments changed outside configure_training_args:\n  " + "\n  ".join(elsewhere)
+    configure = top_level_functions(script)["configure_training_args"]
+    silent = [
+        f"{name(script)}:{assign.lineno} {ast.unparse(assign)}"
+        for branch in [configure, *(n for n in ast.walk(configure) if isinstance(n, ast.If))]
+        for assign in (s for s in branch.body if s in assigned_training_args(branch))
+        if not any(is_log_line(statement) for statement in branch.body)
+    ]
+    assert not silent, "changes to the training arguments that no log line reports:\n  " + "\n  ".join(silent)
+
+
+def test_the_role_checks_see_the_roles():
+    """The checks above are not vacuous: every script has a configure_training_args, and some of them change
+    training arguments (each under an `if` that logs it)."""
+    changes = [
+        a for p in RUN_SCRIPTS for a in assigned_training_args(top_level_functions(p)["configure_training_args"])
+    ]
+    assert len(changes) >= 3
+
+
 # ---- imports ----------------------------------------------------------------------------------------------------
 
 

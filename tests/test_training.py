@@ -1,4 +1,4 @@
-"""Unit tests for training.py: the loss curve written after training."""
+"""Unit tests for zhtrain/training.py: the loss curve written after training."""
 
 from zhtrain.training import plot_loss_curve
 

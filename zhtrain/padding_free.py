@@ -9,9 +9,9 @@ module adds only what the library lacks:
 
 - `packed_sdpa_attention` (attention implementation `packed_sdpa`): torch's sdpa run once per example. The
   library's packed mask for sdpa is one dense mask over the whole flattened batch, so every token pays attention
-  over all the batch's tokens (measured on a shared 2-core VM, a batch of 8 multi-turn chat rows: 1.13x the speed
-  of the padded batch, against 1.36x here; the ideal was 1.38x). And P-Tuning's prefix is a past_key_values
-  cache, which turns the library's packing detection off: here every example sees it.
+  over all the batch's tokens (the two are compared in BENCHMARKS.md, run_seq2seq_ptuning.py section). And
+  P-Tuning's prefix is a past_key_values cache, which turns the library's packing detection off: here every
+  example sees it.
 - `TokenBudgetBatchSampler`: batches filled up to `--max_tokens_per_batch` tokens instead of a fixed row count.
 - `padding_free_problems`: the models and settings padding-free batches are proven for (tests/test_padding_free.py).
 """

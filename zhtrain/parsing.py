@@ -2,10 +2,11 @@
 
 Like the transformers examples, a script accepts plain command-line flags, or one `.json` / `.yaml` / `.yml`
 file followed by `--key value` overrides, or a dict (tests). Argument files pasted from transformers-4 era
-projects (ChatGLM `ptuning/`, older tutorials) keep working: keys that transformers 5 renamed are mapped with
-a warning naming the new key, keys it removed are dropped with a warning saying what happens now, and anything
-else unknown is one error that lists every unknown key. Parsing has no side effects on the process: getting it
-ready for torchrun / deepspeed is `launch.prepare_launch`.
+projects (ChatGLM `ptuning/`, older tutorials) keep working: keys that transformers 5 renamed (and this
+project's `ptuning_checkpoint`, now `adapter_name_or_path`) are mapped with a warning naming the new key, keys
+it removed are dropped with a warning saying what happens now, and anything else unknown is one error that
+lists every unknown key. Parsing has no side effects on the process: getting it ready for torchrun / deepspeed
+is `zhtrain.launch.prepare_launch`.
 """
 
 import difflib
@@ -92,6 +93,17 @@ V4_KEYS = {
     "low_cpu_mem_usage": (None, None, "was removed in transformers 5 and is ignored (loading is always lazy)"),
     "use_fast_tokenizer": (None, None, "is ignored by transformers 5, which always uses the fast tokenizer"),
 }
+
+
+# keys this project renamed: old key -> (new key, None, what to tell the user), mapped like V4_KEYS
+PROJECT_KEYS = {
+    "ptuning_checkpoint": (
+        "adapter_name_or_path",
+        None,
+        "is now called `adapter_name_or_path` (it loads LoRA and P-Tuning adapters alike); the old name still works",
+    ),
+}
+RENAMED_KEYS = V4_KEYS | PROJECT_KEYS
 
 
 class ParsedArguments(tuple):
@@ -282,9 +294,9 @@ def yaml_error_message(path: str, text: str, exc: yaml.YAMLError) -> str:
 
 
 def _translate_v4_keys(values: dict, source: str, conflicts: list) -> dict:
-    """Map transformers-4 keys of an argument file to their transformers-5 form, with a warning each."""
+    """Map transformers-4 (and this project's old) keys of an argument file to their new form, with a warning each."""
     out = dict(values)
-    for old, (new, convert, why) in V4_KEYS.items():
+    for old, (new, convert, why) in RENAMED_KEYS.items():
         if old not in out:
             continue
         value = out.pop(old)
@@ -306,7 +318,7 @@ def _translate_v4_flags(argv: list[str], conflicts: list) -> list[str]:
     for token in argv:
         if token.startswith("--"):
             name, _, inline = token[2:].partition("=")
-            current = [name.replace("-", "_") if name.replace("-", "_") in V4_KEYS else name, token, []]
+            current = [name.replace("-", "_") if name.replace("-", "_") in RENAMED_KEYS else name, token, []]
             if inline:
                 current[2].append(inline)
             groups.append(current)
@@ -317,11 +329,11 @@ def _translate_v4_flags(argv: list[str], conflicts: list) -> list[str]:
     flags = {name for name, _, _ in groups}
     out = []
     for name, token, values in groups:
-        if name not in V4_KEYS:
+        if name not in RENAMED_KEYS:
             out.append(token)
             out.extend(values[1:] if "=" in token else values)  # an inline `--key=value` already holds values[0]
             continue
-        new, convert, why = V4_KEYS[name]
+        new, convert, why = RENAMED_KEYS[name]
         logger.warning("`--%s` %s.", name, why)
         value = convert(values) if convert is not None else values
         if new is None or value is _DROP:

@@ -41,8 +41,6 @@ def setup_run(parsed: Sequence, model_parallel: bool = False):
     refuse_data_parallel(training_args, model_parallel)
     end_dry_run(parsed)
     transformers.set_seed(training_args.seed)
-    if training_args.dataloader_pin_memory and not torch.cuda.is_available():
-        training_args.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns every epoch
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%m/%d %H:%M:%S",
@@ -55,6 +53,9 @@ def setup_run(parsed: Sequence, model_parallel: bool = False):
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
     logging.getLogger("jieba").setLevel(logging.WARNING)  # it logs its dictionary loading at DEBUG/INFO
+    if training_args.dataloader_pin_memory and not torch.cuda.is_available():
+        logger.info("No GPU: --dataloader_pin_memory is turned off (pinning needs an accelerator; torch would warn).")
+        training_args.dataloader_pin_memory = False
     logger.warning(
         "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s, fp16 %s",
         training_args.process_index,
@@ -186,21 +187,6 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
     logger.info("Loss curve written to %s", path)
 
 
-def check_vocabulary_fits(tokens: int, embeddings, tokenizer_source: str, model_source: str) -> None:
-    """Refuse a tokenizer with more ids than the model has embedding rows (a tokenizer from another model).
-
-    The first step would fail with `IndexError: index out of range in self`. `tokens` counts the tokenizer's own
-    ids, not the special tokens a script adds (those rows are added to the model).
-    """
-    rows = embeddings.num_embeddings
-    if tokens > rows:
-        raise UserError(
-            f"The tokenizer ({tokenizer_source}) has {tokens} tokens, but the model ({model_source}) has embeddings "
-            f"for only {rows}: token ids from {rows} up do not exist in this model. Use the tokenizer saved with the "
-            "model (drop --tokenizer_name, or copy its tokenizer files next to the weights)."
-        )
-
-
 def write_json(path: str | Path, obj) -> None:
     """UTF-8 JSON that keeps Chinese readable."""
     Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -231,10 +217,7 @@ def apply_lora(model, finetuning_args, task_type: str):
         lora_dropout=finetuning_args.lora_dropout,
         target_modules=targets,
     )
-    model = get_peft_model(model, config)
-    trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA: training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model
+    return get_peft_model(model, config)
 
 
 class FileOrderEvaluation:
@@ -258,10 +241,7 @@ def apply_ptuning(model, finetuning_args, task_type: str, hidden_size: int):
         prefix_projection=finetuning_args.prefix_projection,
         encoder_hidden_size=finetuning_args.prefix_hidden_size or hidden_size,
     )
-    model = get_peft_model(model, config)
-    trainable, total = model.get_nb_trainable_parameters()
-    logger.info("P-Tuning v2: training %d of %d parameters (%.3f%%)", trainable, total, 100 * trainable / total)
-    return model
+    return get_peft_model(model, config)
 
 
 def lora_adapter_dir(path: str | None) -> str | None:
@@ -275,7 +255,12 @@ def read_adapter_config(checkpoint: str) -> dict:
 
 
 def load_adapter(
-    model, checkpoint: str, finetuning_args, base_model: str, is_trainable: bool, arg_name: str = "ptuning_checkpoint"
+    model,
+    checkpoint: str,
+    finetuning_args,
+    base_model: str,
+    is_trainable: bool,
+    arg_name: str = "adapter_name_or_path",
 ):
     """Load a P-Tuning / LoRA checkpoint onto `model`, refusing one that does not match the arguments given.
 

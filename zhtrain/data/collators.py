@@ -88,7 +88,7 @@ class PromptResponseCollator:
 class ImageTextCollator:
     """Decode the images of a batch, apply the image processor, and tokenize the captions.
 
-    Rows are the pairs `load_image_text_datasets` makes: `image_file`, `caption`, `image_index` (and an
+    Rows are the pairs `zhtrain.data.images.load_image_text_rows` makes: `image_file`, `caption`, `image_index` (and an
     optional `row` number, passed through like `image_index`). An image
     that fails to decode now (changed or deleted since the check before training) is left out of the batch
     with a warning instead of stopping the run; a contrastive batch stays valid with one pair fewer.

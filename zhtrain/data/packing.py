@@ -50,8 +50,8 @@ class DocumentEncoder:
 
     def token_lists(self, texts: list[str]) -> list[list[int]]:
         if self.use_backend is None:
-            # The Rust backend skips the Python-side bookkeeping of __call__ (about 1.5x faster); use it only
-            # when it gives exactly the same ids for this tokenizer.
+            # The Rust backend skips the Python-side bookkeeping of __call__ (faster: see BENCHMARKS.md); use it
+            # only when it gives exactly the same ids for this tokenizer.
             self.use_backend = False
             if getattr(self.tokenizer, "is_fast", False) and texts:
                 sample = texts[:16]

@@ -18,6 +18,7 @@ from zhtrain.chat.data import conversation_problem
 from zhtrain.chat.format import ChatFormat, ChatFormatError, choose_chat_template, encoder_decoder_prompt
 from zhtrain.errors import UserError
 from zhtrain.metrics import strip_tokenizer_spaces
+from zhtrain.modeling import context_length, document_start_token, padding_id, repair_special_tokens
 from zhtrain.serve.routes import Task
 
 logger = logging.getLogger(__name__)
@@ -108,16 +109,6 @@ def describe_folder(folder: str | Path, base_model: str | None = None) -> Folder
     )
 
 
-def model_context(config, tokenizer) -> int | None:
-    """The longest sequence the model takes (positions), or None when it does not say."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and limit < 1_000_000 else None
-
-
 def stop_ids_of(generation_config, tokenizer) -> list[int]:
     """The end ids the saved generation config lists, and the tokenizer's eos."""
     eos = getattr(generation_config, "eos_token_id", None)
@@ -184,10 +175,8 @@ class Served:
         if self.encoder_decoder:
             return self.tokenizer(prompt)["input_ids"]
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]:
-            ids = [bos, *ids]
-        return ids
+        bos = document_start_token(self.tokenizer)
+        return ids if bos is None else [bos, *ids]
 
     def decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -246,7 +235,9 @@ def load_served(kind: FolderKind, args) -> Served:
 
             model = AutoModelForSequenceClassification.from_pretrained(kind.model_path, **load)
             tokenizer = AutoTokenizer.from_pretrained(kind.model_path)
-            return Served("classify", name, model.to(args.device).eval(), tokenizer, kind=kind)
+            served = Served("classify", name, model.to(args.device).eval(), tokenizer, kind=kind)
+            served.context = context_length(model.config, tokenizer)
+            return served
         if kind.task == "clip":
             model = AutoModel.from_pretrained(kind.model_path, **load).to(args.device).eval()
             processor = AutoProcessor.from_pretrained(kind.model_path)
@@ -273,17 +264,14 @@ def load_generator(kind: FolderKind, args, name: str, load: dict) -> Served:
     model = model_class.from_pretrained(kind.model_path, **load)
     tokenizer_folder = folder if (Path(folder) / "tokenizer_config.json").is_file() else kind.model_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    if tokenizer.eos_token is None and tokenizer.sep_token is not None:  # as training chose it
-        tokenizer.eos_token = tokenizer.sep_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    repair_special_tokens(tokenizer, eos_from_sep=True, pad_from_eos=True)  # as training did; nothing is added
     if kind.adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, kind.adapter, is_trainable=False)
     generation_config = load_generation_config(folder) or getattr(model, "generation_config", None)
     served = Served("generate", name, model.to(args.device).eval(), tokenizer, kind=kind)
-    served.stop_ids, served.context = stop_ids_of(generation_config, tokenizer), model_context(config, tokenizer)
+    served.stop_ids, served.context = stop_ids_of(generation_config, tokenizer), context_length(config, tokenizer)
     served.system_prompt, served.strip_spaces = args.system_prompt, adds_spaces_between_characters(tokenizer)
     if not encoder_decoder and (args.template or args.chat_template or getattr(tokenizer, "chat_template", None)):
         try:
@@ -305,8 +293,7 @@ def generation_defaults(generation_config) -> dict:
 
 
 def pad_id_of(served: Served) -> int:
-    pad = served.tokenizer.pad_token_id
-    return pad if pad is not None else (served.stop_ids[0] if served.stop_ids else 0)
+    return padding_id(served.tokenizer, served.stop_ids)
 
 
 def default_device() -> str:

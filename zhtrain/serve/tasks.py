@@ -78,8 +78,7 @@ def classify(state, texts: list[str]) -> list[Classification]:
     if not all(isinstance(t, str) and t for t in texts):
         raise ServeError("`input` must be a non-empty text or a list of non-empty texts")
     config = served.model.config
-    limit = min(served.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
-    batch = served.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    batch = served.tokenizer(texts, padding=True, truncation=True, max_length=served.context, return_tensors="pt")
     with state.model_lock, torch.no_grad():
         logits = served.model(**batch.to(served.model.device)).logits.float()
     multi = config.problem_type == "multi_label_classification"
