@@ -7,35 +7,21 @@ import logging
 import pytest
 
 import run_seq2seq_ptuning as s2s
-from helpers import to_argv
+from helpers import tiny_run
 from zhtrain.metrics import rouge_bleu
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 
 def run(demo_dir, output_dir, *extra, model="llama-tiny-sft-zh", data="adgen", **overrides) -> dict:
-    """run_seq2seq_ptuning.main on the demo ADGEN data with small settings."""
+    """run_seq2seq_ptuning.main on a demo data set (ADGEN by default) with small settings; `extra`: plain flags."""
     folder = demo_dir / "data" / data
-    args = {
+    files = {
         "model_name_or_path": demo_dir / "models" / model if "/" not in str(model) else model,
         "train_file": folder / "train.jsonl",
         "validation_file": folder / "validation.jsonl",
-        "output_dir": output_dir,
-        "max_source_length": 64,
-        "max_target_length": 48,
-        "max_train_samples": 400,
-        "max_eval_samples": 24,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 24,
-        "learning_rate": 3e-3,
-        "num_train_epochs": 4,
-        "logging_steps": 5,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 42,
     }
-    args.update(overrides)
-    return s2s.main([*to_argv(args), *extra])
+    return s2s.main([*tiny_run("seq2seq", demo_dir, output_dir, **{**files, **overrides}), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +36,19 @@ def lm_base(demo_dir, tmp_path_factory):
         for row in rows:
             f.write(json.dumps({"content": "写一段服装广告", "summary": row["summary"]}, ensure_ascii=False) + "\n")
     output_dir = tmp_path_factory.mktemp("lm_base")
-    s2s.main(
-        [
-            "--model_name_or_path", str(demo_dir / "models" / "llama-tiny-sft-zh"),
-            "--train_file", str(data / "train.jsonl"), "--output_dir", str(output_dir), "--do_train",
-            "--max_source_length", "16", "--max_target_length", "48", "--num_train_epochs", "3",
-            "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--save_strategy", "no",
-            "--report_to", "none",
-        ]
-    )  # fmt: skip
+    argv = tiny_run(
+        "seq2seq",
+        demo_dir,
+        output_dir,
+        train_file=data / "train.jsonl",
+        validation_file=None,
+        max_source_length=16,
+        num_train_epochs=3,
+        max_train_samples=None,
+        max_eval_samples=None,
+        do_train=True,
+    )
+    s2s.main(argv)
     return output_dir
 
 
