@@ -62,7 +62,7 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
         test_file=demo_dir / "data" / "adgen" / "test.jsonl",
         max_predict_samples=24,
         max_train_samples=800,
-        num_train_epochs=5,
+        num_train_epochs=3,  # 150 steps: loss 9.95 -> 0.58, ROUGE-L 0 -> 57 (250 steps: 0.25, 83)
         train_sampling_strategy="group_by_length",
     )  # fmt: skip
     assert after["eval_loss"] < before["eval_loss"] - 3
@@ -78,19 +78,25 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     assert rescored["rouge-l"] == pytest.approx(after["predict_rouge-l"], abs=0.5)
 
 
+@pytest.fixture(scope="module")
+def lm_base_scores(lm_base, demo_dir, tmp_path_factory) -> dict:
+    """The base's scores before any adapter: what both adapters must beat."""
+    output_dir = tmp_path_factory.mktemp("lm_base_eval")
+    return run(demo_dir, output_dir, "--do_eval", "--predict_with_generate", model=str(lm_base))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ptuning", "lora"])
-def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, demo_dir, tmp_path):
+def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, lm_base_scores, demo_dir, tmp_path):
     from safetensors import safe_open
 
     test_file = demo_dir / "data" / "adgen" / "test.jsonl"
+    # P-Tuning needs its 250 steps (ROUGE-L 38 against the base's 31); LoRA is past both bars in 50 (loss 0.50, 51)
     common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16,
-              "max_train_samples": 800, "num_train_epochs": 5}  # fmt: skip
+              "max_train_samples": 800, "num_train_epochs": 5 if method == "ptuning" else 1}  # fmt: skip
     if method == "lora":
         common.pop("pre_seq_len")
-    base = run(
-        demo_dir, tmp_path / "base", "--do_eval", "--predict_with_generate", **dict(common, finetuning_type="full")
-    )
+    base = lm_base_scores
     trained = run(
         demo_dir,
         tmp_path / method,
