@@ -1,7 +1,7 @@
 # make install   virtual environment + torch (tested version, installed first) + requirements
 # make demo      generate demo data and tiny models, run every task, print one results table
-# make test      lint + the whole test-suite (what CI runs)
-# make test-fast lint + the unit tier and the doctests (under a minute)
+# make test      lint + the whole test-suite: the unit, slow and multiprocess tiers (what CI runs, .ci/run)
+# make test-fast lint + the unit tier and the doctests (under a minute); a plain `pytest` runs the same tier
 # make serve     after make demo: the demo's chat model on http://127.0.0.1:8000 (API + web page)
 # make style     format and auto-fix;  make quality  check only
 
@@ -48,8 +48,11 @@ serve: install
 	@test -d outputs/seq2seq_demo || { echo "outputs/seq2seq_demo is missing: run make demo first"; exit 1; }
 	$(PY) serve.py outputs/seq2seq_demo
 
+# pyproject.toml's addopts select the unit tier (`-m unit`); a later -m wins, so `make test` names every tier
+ALL_TIERS := unit or slow or multiprocess
+
 test: install-dev quality
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -m "$(ALL_TIERS)" -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install-dev quality
 	$(PY) -m pytest -m unit -n $(TEST_WORKERS) --dist worksteal

@@ -1,8 +1,8 @@
 """pytest set-up for the whole repository: the test tiers, and what the docstring examples need.
 
-Every test without the `slow` or `multiprocess` marker is a `unit` test (`make test-fast` runs that tier); the
-docstring examples of the top-level modules and scripts/*.py are collected as doctests (pyproject.toml) and are
-unit tests too. The test fixtures are in tests/conftest.py.
+Every test without the `slow` or `multiprocess` marker is a `unit` test: a plain `pytest` and `make test-fast` run
+that tier, `make test` all three. The docstring examples of the top-level modules and scripts/*.py are collected as
+doctests (pyproject.toml) and are unit tests too. The test fixtures are in tests/conftest.py.
 """
 
 import os

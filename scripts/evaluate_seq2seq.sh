@@ -1,46 +1,28 @@
 #!/usr/bin/env bash
-# Evaluate and predict with a fine-tuned checkpoint (ChatGLM's ptuning/evaluate.sh): ROUGE / BLEU on the
-# validation file, and generated_predictions.jsonl for the test file.
+# Evaluate and predict with a fine-tuned run_seq2seq_ptuning.py output (ChatGLM's ptuning/evaluate.sh): ROUGE / BLEU
+# on the recipe's validation file and generated_predictions.jsonl for its test file, written to OUTPUT_DIR/eval.
 #
-#   CHECKPOINT=outputs/adgen-ptuning bash scripts/evaluate_seq2seq.sh            # a P-Tuning or LoRA output dir
-#   CHECKPOINT= MODEL=outputs/adgen-full bash scripts/evaluate_seq2seq.sh        # a full fine-tune: no checkpoint
-#   NUM_GPUS=8 CHECKPOINT=... bash scripts/evaluate_seq2seq.sh                   # torchrun, 8 GPUs
-#   CHECKPOINT= MODEL=outputs/adgen-full-zero3 NUM_GPUS=8 DEEPSPEED=ds_configs/zero3.json bash scripts/evaluate_seq2seq.sh
-#                                                                                # ZeRO-3: weights sharded, generation synced
-#   DRY_RUN=1 bash scripts/evaluate_seq2seq.sh                                   # print the command, check the arguments, train nothing
+#   bash scripts/evaluate_seq2seq.sh                        # what scripts/run_seq2seq_ptuning.sh trained (P-Tuning)
+#   bash scripts/evaluate_seq2seq.sh outputs/adgen-lora     # P-Tuning / LoRA: onto the base model
+#   bash scripts/evaluate_seq2seq.sh outputs/adgen-full     # a full fine-tune
+#   bash scripts/evaluate_seq2seq.sh DIR --model_name_or_path Qwen/Qwen2.5-7B-Instruct --test_file data/test.json
+#   NUM_GPUS=8 DEEPSPEED=ds_configs/zero3.json bash scripts/evaluate_seq2seq.sh DIR     # see scripts/launch.sh
+#
+# The settings are those of examples/seq2seq_adgen_ptuning.json; flags after OUTPUT_DIR win over them (every file
+# the recipe names must exist, its train_file too). Paths are read from the repository root, as scripts/launch.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-MODEL=${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}       # the base model the checkpoint was trained on
-CHECKPOINT=${CHECKPOINT-outputs/adgen-ptuning}    # P-Tuning / LoRA output dir (or a checkpoint-N inside it)
-VALIDATION_FILE=${VALIDATION_FILE:-AdvertiseGen/dev.json}
-TEST_FILE=${TEST_FILE:-AdvertiseGen/dev.json}
-PROMPT_COLUMN=${PROMPT_COLUMN:-content}
-RESPONSE_COLUMN=${RESPONSE_COLUMN:-summary}
-MAX_SOURCE_LENGTH=${MAX_SOURCE_LENGTH:-64}
-MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-128}
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/adgen-eval}
-PRECISION=${PRECISION:---bf16}
-
-ARGS=(
-  --model_name_or_path "$MODEL"
-  --validation_file "$VALIDATION_FILE"
-  --test_file "$TEST_FILE"
-  --prompt_column "$PROMPT_COLUMN"
-  --response_column "$RESPONSE_COLUMN"
-  --max_source_length "$MAX_SOURCE_LENGTH"
-  --max_target_length "$MAX_TARGET_LENGTH"
-  --output_dir "$OUTPUT_DIR"
-  --per_device_eval_batch_size 16
-  --predict_with_generate
-  --do_eval
-  --do_predict
-  "$PRECISION"
-)
-if [ -n "$CHECKPOINT" ]; then
-  ARGS+=(--ptuning_checkpoint "$CHECKPOINT")
+# default: the output_dir of the recipe, where scripts/run_seq2seq_ptuning.sh trains
+output_dir=outputs/adgen-qwen2.5-1.5b-pt-128-2e-2
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  output_dir=$1
+  shift
 fi
-
-# NUM_GPUS, NNODES, DEEPSPEED, DRY_RUN...: see scripts/_launch.sh
-source scripts/_launch.sh
-launch run_seq2seq_ptuning.py "${ARGS[@]}" "$@"
+if [ -f "$output_dir/adapter_config.json" ]; then  # adapters: the base model is the recipe's (or --model_name_or_path)
+  model=(--ptuning_checkpoint "$output_dir")
+else
+  model=(--model_name_or_path "$output_dir")
+fi
+# --finetuning_type full: nothing new is trained; an adapter's own config says what it holds
+exec bash scripts/launch.sh run_seq2seq_ptuning.py examples/seq2seq_adgen_ptuning.json --do_train false \
+  --finetuning_type full "${model[@]}" --output_dir "$output_dir/eval" "$@"

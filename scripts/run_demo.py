@@ -18,51 +18,9 @@ import time
 from pathlib import Path
 
 from demo_images import SHAPE_COLORS, SHAPES
+from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# task, script, argument file, metrics to show (as named in all_results.json), and optionally the flags of an
-# evaluation of the untrained model, so the table shows the score before and after training
-TASKS = [
-    (
-        "classification",
-        "run_classification.py",
-        "examples/classification_demo.json",
-        ["eval_accuracy", "eval_macro_f1"],
-    ),
-    (
-        "classification-multilabel",
-        "run_classification.py",
-        "examples/classification_multilabel_demo.yaml",
-        ["eval_micro_f1", "eval_macro_f1"],
-    ),
-    (
-        "seq2seq (full fine-tuning)",
-        "run_seq2seq_ptuning.py",
-        "examples/seq2seq_demo.json",
-        ["eval_rouge-l", "eval_bleu-4"],
-        ["--do_train", "false", "--do_predict", "false"],
-    ),
-    (
-        "clm",
-        "run_clm.py",
-        "examples/clm_demo.json",
-        ["eval_perplexity_before", "eval_perplexity", "eval_token_accuracy"],
-    ),
-    (
-        "clip",
-        "run_clip.py",
-        "examples/clip_demo.json",
-        ["eval_i2t_R@5", "eval_t2i_R@5", "eval_mean_recall"],
-    ),
-    (
-        "captioning",
-        "run_image_captioning.py",
-        "examples/captioning_demo.json",
-        ["eval_bleu-4", "eval_rouge-l", "eval_cider-d", "predict_color_accuracy"],
-        ["--do_train", "false"],
-    ),
-]
 
 
 def output_dir_of(config: Path) -> Path:
@@ -130,24 +88,27 @@ def main(argv=None) -> None:
     passed = words[words.index("--") + 1 :] if "--" in words else []
     words = words[: words.index("--")] if "--" in words else words
     rows = []
-    for task, script, config, shown, *untrained in TASKS:
-        if words and not any(w in task for w in words):
+    for task in TASKS.values():
+        if words and not any(w in task.label for w in words):
             continue
-        if untrained:
-            metrics, seconds, output_dir = run_task(task, script, config, untrained[0], passed)
-            for name in shown:
+        if task.untrained_flags:
+            flags = list(task.untrained_flags)
+            metrics, seconds, output_dir = run_task(task.label, task.script, task.demo_recipe, flags, passed)
+            for name in task.metrics:
                 rows.append(
                     (
-                        task,
+                        task.label,
                         f"{name} (untrained)",
                         f"{metrics[name]:.4f}",
                         f"{seconds:.0f}",
                         str(output_dir.relative_to(ROOT)),
                     )
                 )
-        metrics, seconds, output_dir = run_task(task, script, config, passed=passed)
-        for name in shown:
-            rows.append((task, name, f"{metrics[name]:.4f}", f"{seconds:.0f}", str(output_dir.relative_to(ROOT))))
+        metrics, seconds, output_dir = run_task(task.label, task.script, task.demo_recipe, passed=passed)
+        for name in task.metrics:
+            rows.append(
+                (task.label, name, f"{metrics[name]:.4f}", f"{seconds:.0f}", str(output_dir.relative_to(ROOT)))
+            )
     header = ("task", "metric", "value", "seconds", "output dir")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print()

@@ -1,5 +1,5 @@
-"""Small helpers shared by the tests: argv from a dict, the real models in ../shared, tiny ChatGLM checkpoints, a run
-killed while it saves a checkpoint."""
+"""Small helpers shared by the tests: the arguments of a short run of each task, argv from a dict, the real models in
+../shared, tiny ChatGLM checkpoints, a run killed while it saves a checkpoint."""
 
 import json
 import multiprocessing
@@ -16,14 +16,112 @@ MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
 def to_argv(args: dict) -> list[str]:
-    """{"do_train": True, "learning_rate": 1e-3, "test_file": None} -> ["--do_train", "--learning_rate", "0.001"]."""
+    """{"do_train": True, "learning_rate": 1e-3, "test_file": None} -> ["--do_train", "--learning_rate", "0.001"].
+
+    A list gives one flag with several values: {"sample_prompts": ["a", "b"]} -> ["--sample_prompts", "a", "b"].
+    """
     argv = []
     for key, value in args.items():
         if value is True:
             argv.append(f"--{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
         elif value is not None:
             argv += [f"--{key}", str(value)]
     return argv
+
+
+def tiny_run_settings(task: str, demo_dir: Path, output_dir: Path) -> dict:
+    """The base settings of a short run of `task` (a name in scripts/tasks.py) on the demo data and tiny models.
+
+    Small enough to train in seconds on one CPU thread; each test adds the flags it is about (the steps, the
+    do_* flags, the files) as overrides.
+    """
+    data, models = demo_dir / "data", demo_dir / "models"
+    common = {"save_strategy": "no", "report_to": "none", "seed": 42}
+    settings = {
+        "classification": {
+            "model_name_or_path": models / "bert-tiny-zh",
+            "train_file": data / "sentiment" / "train.csv",
+            "validation_file": data / "sentiment" / "validation.csv",
+            "max_seq_length": 64,
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64,
+            "learning_rate": 1e-3,
+            "num_train_epochs": 3,
+            "logging_steps": 10,
+        },
+        "clm": {  # GPT-2 from scratch on the demo corpus
+            "model_type": "gpt2",
+            "config_overrides": "n_layer=2,n_head=2,n_embd=64,n_positions=128",
+            "tokenizer_name": demo_dir / "tokenizer-clm",
+            "train_file": data / "clm" / "train.txt",
+            "validation_file": data / "clm" / "validation.txt",
+            "tokenized_cache_dir": output_dir / "cache",
+            "block_size": 64,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 32,
+            "learning_rate": 3e-3,
+            "max_steps": 2,
+            "logging_steps": 10,
+            "sample_max_new_tokens": 24,
+        },
+        "seq2seq": {  # the demo's ADGEN ad copy on the tiny Llama
+            "model_name_or_path": models / "llama-tiny-sft-zh",
+            "train_file": data / "adgen" / "train.jsonl",
+            "validation_file": data / "adgen" / "validation.jsonl",
+            "max_source_length": 64,
+            "max_target_length": 48,
+            "max_train_samples": 400,
+            "max_eval_samples": 24,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 24,
+            "learning_rate": 3e-3,
+            "num_train_epochs": 4,
+            "logging_steps": 5,
+        },
+        "clip": {
+            "model_name_or_path": models / "chinese-clip-tiny",
+            "train_file": data / "shapes" / "train.csv",
+            "validation_file": data / "shapes" / "validation.jsonl",
+            "max_seq_length": 32,
+            "per_device_train_batch_size": 64,
+            "per_device_eval_batch_size": 128,
+            "learning_rate": 2e-3,
+            "warmup_steps": 0.1,
+            "num_train_epochs": 4,
+            "max_train_samples": 1000,  # 500 images with 2 captions each: 64 steps in all
+            "logging_steps": 10,
+            "dataloader_num_workers": 0,
+        },
+        "captioning": {  # a ViT encoder and a GPT-2 decoder built from the tiny models
+            "encoder_model_name_or_path": models / "vit-tiny",
+            "decoder_model_name_or_path": models / "gpt2-tiny-zh",
+            "train_file": data / "shapes" / "train.csv",
+            "validation_file": data / "shapes" / "validation.jsonl",
+            "test_file": data / "shapes" / "test.csv",
+            "max_target_length": 24,
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 100,
+            "learning_rate": 3e-3,
+            "warmup_steps": 0.1,
+            "weight_decay": 0.01,
+            "logging_steps": 10,
+        },
+    }
+    if task not in settings:
+        raise ValueError(f"no tiny run for task {task!r}; tasks: {', '.join(settings)}")
+    return {**settings[task], "output_dir": output_dir, **common}
+
+
+def tiny_run(task: str, demo_dir: Path, output_dir: Path, **overrides) -> list[str]:
+    """argv of a short run of `task` writing to `output_dir`: its base settings, then `overrides` (None removes one).
+
+    >>> argv = tiny_run("clm", Path("demo"), Path("out"), max_steps=5, validation_file=None, do_train=True)
+    >>> argv[argv.index("--max_steps") + 1], "--validation_file" in argv, argv[-1]
+    ('5', False, '--do_train')
+    """
+    return to_argv({**tiny_run_settings(task, demo_dir, output_dir), **overrides})
 
 
 def chatglm_weights(config: dict, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:

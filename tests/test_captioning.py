@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import run_image_captioning as cap
-from helpers import to_argv
+from helpers import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,32 +46,8 @@ def test_special_tokens_bert_vocabulary_and_gpt2_with_only_eos(demo_dir, tmp_pat
 # ---- argument errors -----------------------------------------------------------------------------------------------
 
 
-def base_args(demo_dir, output_dir, **overrides) -> dict:
-    shapes = demo_dir / "data" / "shapes"
-    args = {
-        "encoder_model_name_or_path": str(demo_dir / "models" / "vit-tiny"),
-        "decoder_model_name_or_path": str(demo_dir / "models" / "gpt2-tiny-zh"),
-        "train_file": str(shapes / "train.csv"),
-        "validation_file": str(shapes / "validation.jsonl"),
-        "test_file": str(shapes / "test.csv"),
-        "output_dir": str(output_dir),
-        "max_target_length": 24,
-        "per_device_train_batch_size": 32,
-        "per_device_eval_batch_size": 100,
-        "learning_rate": 3e-3,
-        "warmup_steps": 0.1,
-        "weight_decay": 0.01,
-        "save_strategy": "no",
-        "logging_steps": 10,
-        "report_to": "none",
-        "seed": 42,
-    }
-    args.update(overrides)
-    return args
-
-
 def test_argument_errors_are_collected(demo_dir, tmp_path):
-    argv = to_argv(base_args(demo_dir, tmp_path, do_eval=True, max_target_length=1, num_beams=0))
+    argv = tiny_run("captioning", demo_dir, tmp_path, do_eval=True, max_target_length=1, num_beams=0)
     argv = [a for a in argv if "model_name_or_path" not in a and "models" not in a]
     with pytest.raises(ValueError) as error:
         cap.main(argv)
@@ -79,22 +55,29 @@ def test_argument_errors_are_collected(demo_dir, tmp_path):
     assert "--model_name_or_path is required" in message and "--decoder_model_name_or_path" in message
     assert "--max_target_length must be at least 2" in message and "--num_beams must be at least 1" in message
 
-    both = base_args(demo_dir, tmp_path, do_eval=True, model_name_or_path=str(demo_dir / "models" / "vit-tiny"))
+    both = tiny_run(
+        "captioning", demo_dir, tmp_path, do_eval=True, model_name_or_path=str(demo_dir / "models" / "vit-tiny")
+    )
     with pytest.raises(ValueError, match="not both"):
-        cap.main(to_argv(both))
+        cap.main(both)
 
 
 def test_wrong_kinds_of_models_are_named(demo_dir, tmp_path):
     vit = str(demo_dir / "models" / "vit-tiny")
-    decoder_is_vit = base_args(demo_dir, tmp_path, do_eval=True, decoder_model_name_or_path=vit)
+    decoder_is_vit = tiny_run("captioning", demo_dir, tmp_path, do_eval=True, decoder_model_name_or_path=vit)
     with pytest.raises(ValueError, match="vit model, which cannot generate text"):
-        cap.main(to_argv(decoder_is_vit))
-    checkpoint_is_vit = base_args(
-        demo_dir, tmp_path, do_eval=True, encoder_model_name_or_path=None, decoder_model_name_or_path=None
+        cap.main(decoder_is_vit)
+    checkpoint_is_vit = tiny_run(
+        "captioning",
+        demo_dir,
+        tmp_path,
+        do_eval=True,
+        encoder_model_name_or_path=None,
+        decoder_model_name_or_path=None,
+        model_name_or_path=vit,
     )
-    checkpoint_is_vit["model_name_or_path"] = vit
     with pytest.raises(ValueError, match="is a vit model, not a VisionEncoderDecoderModel"):
-        cap.main(to_argv(checkpoint_is_vit))
+        cap.main(checkpoint_is_vit)
 
 
 # ---- overfitting: 8 images, 8 captions, reproduced exactly ---------------------------------------------------------
@@ -112,7 +95,8 @@ def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
         writer = csv.DictWriter(f, fieldnames=["text", "image_path"])
         writer.writeheader()
         writer.writerows({"text": r["text"], "image_path": str(shapes / r["image_path"])} for r in rows)
-    args = base_args(
+    args = tiny_run(
+        "captioning",
         demo_dir,
         tmp_path / "out",
         train_file=str(data),
@@ -124,7 +108,7 @@ def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
         per_device_train_batch_size=8,
         learning_rate=5e-3,
     )
-    results = cap.main(to_argv(args))
+    results = cap.main(args)
     lines = [json.loads(line) for line in (tmp_path / "out" / "generated_predictions.jsonl").open(encoding="utf-8")]
     assert [line["predict"] for line in lines] == [r["text"] for r in rows]
     assert results["predict_bleu-4"] == 100.0 and results["predict_rouge-l"] == 100.0
@@ -137,16 +121,23 @@ def test_overfits_eight_captions_exactly(demo_dir, tmp_path):
 def demo_run(demo_dir, tmp_path_factory):
     """Train on the demo shapes (a shorter run than `make demo`), evaluate and predict."""
     output_dir = tmp_path_factory.mktemp("captioning")
-    args = base_args(
-        demo_dir, output_dir, do_train=True, do_eval=True, do_predict=True, num_train_epochs=8, max_eval_samples=60
+    args = tiny_run(
+        "captioning",
+        demo_dir,
+        output_dir,
+        do_train=True,
+        do_eval=True,
+        do_predict=True,
+        num_train_epochs=8,
+        max_eval_samples=60,
     )
-    return cap.main(to_argv(args)), output_dir
+    return cap.main(args), output_dir
 
 
 @pytest.mark.slow
 def test_untrained_model_scores_low_and_training_raises_every_metric(demo_run, demo_dir, tmp_path):
     results, _ = demo_run
-    untrained = cap.main(to_argv(base_args(demo_dir, tmp_path, do_eval=True, max_eval_samples=60)))
+    untrained = cap.main(tiny_run("captioning", demo_dir, tmp_path, do_eval=True, max_eval_samples=60))
     for name in ("eval_bleu-4", "eval_rouge-l", "eval_cider-d"):
         assert results[name] > untrained[name] + 20, name
     assert results["eval_loss"] < untrained["eval_loss"] / 5
@@ -198,16 +189,17 @@ def test_continue_from_the_saved_checkpoint(demo_run, demo_dir, tmp_path):
     results, output_dir = demo_run
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(output_dir, checkpoint)
-    args = base_args(
+    args = tiny_run(
+        "captioning",
         demo_dir,
         tmp_path / "again",
         do_eval=True,
         max_eval_samples=60,
         encoder_model_name_or_path=None,
         decoder_model_name_or_path=None,
+        model_name_or_path=str(checkpoint),
     )
-    args["model_name_or_path"] = str(checkpoint)
-    again = cap.main(to_argv(args))
+    again = cap.main(args)
     assert again["eval_cider-d"] == pytest.approx(results["eval_cider-d"], abs=1e-3)
 
 
@@ -220,7 +212,8 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
     from pathlib import Path
 
     results, output_dir = demo_run
-    args = base_args(
+    args = tiny_run(
+        "captioning",
         demo_dir,
         tmp_path / "ddp",
         do_eval=True,
@@ -234,7 +227,7 @@ def test_two_processes_evaluate_and_predict_every_image_once(demo_run, demo_dir,
     )
     root = Path(__file__).resolve().parent.parent
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(root / "run_image_captioning.py"), *to_argv(args)]
+    command += [str(root / "run_image_captioning.py"), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -256,7 +249,8 @@ def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(de
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
-    args = base_args(
+    args = tiny_run(
+        "captioning",
         demo_dir,
         tmp_path / "out",
         decoder_model_name_or_path=str(tmp_path / "gpt2"),
@@ -266,7 +260,7 @@ def test_gpt2_vocabulary_with_only_eos_gets_a_pad_token_and_bigger_embeddings(de
         validation_file=None,
         test_file=None,
     )
-    cap.main(to_argv(args))
+    cap.main(args)
     model = VisionEncoderDecoderModel.from_pretrained(tmp_path / "out")
     saved = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert saved.pad_token == "[PAD]" and saved.pad_token_id == len(tokenizer)

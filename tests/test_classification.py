@@ -9,36 +9,15 @@ import pandas as pd
 import pytest
 
 import run_classification
-from helpers import to_argv
-
-
-def common_args(demo_dir, output_dir, **overrides) -> list[str]:
-    """Arguments of a short run on the full sentiment demo data; overrides replace or add flags."""
-    data = demo_dir / "data" / "sentiment"
-    args = {
-        "model_name_or_path": demo_dir / "models" / "bert-tiny-zh",
-        "train_file": data / "train.csv",
-        "validation_file": data / "validation.csv",
-        "output_dir": output_dir,
-        "max_seq_length": 64,
-        "per_device_train_batch_size": 32,
-        "per_device_eval_batch_size": 64,
-        "learning_rate": 1e-3,
-        "num_train_epochs": 3,
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 42,
-    }
-    args.update(overrides)
-    return to_argv(args)
+from helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
 def sentiment_run(demo_dir, tmp_path_factory):
     """One full training run shared by the tests below (about 15 s on 2 cores)."""
     output_dir = tmp_path_factory.mktemp("sentiment")
-    argv = common_args(
+    argv = tiny_run(
+        "classification",
         demo_dir,
         output_dir,
         test_file=demo_dir / "data" / "sentiment" / "test.csv",
@@ -104,13 +83,16 @@ def test_report_and_confusion_matrix(sentiment_run):
 def test_eval_only_and_predict_without_labels(sentiment_run, demo_dir, tmp_path):
     results, model_dir = sentiment_run
     data = demo_dir / "data" / "sentiment"
-    argv = [
-        "--model_name_or_path", str(model_dir),
-        "--validation_file", str(data / "validation.csv"),
-        "--test_file", str(data / "test_unlabeled.csv"),
-        "--output_dir", str(tmp_path),
-        "--do_eval", "--do_predict", "--report_to", "none",
-    ]  # fmt: skip
+    argv = tiny_run(
+        "classification",
+        demo_dir,
+        tmp_path,
+        model_name_or_path=model_dir,
+        train_file=None,
+        test_file=data / "test_unlabeled.csv",
+        do_eval=True,
+        do_predict=True,
+    )
     again = run_classification.main(argv)
     # label names come from the saved model; the score is the trained model's
     assert again["eval_accuracy"] == pytest.approx(results["eval_accuracy"])
@@ -123,7 +105,8 @@ def test_eval_only_and_predict_without_labels(sentiment_run, demo_dir, tmp_path)
 @pytest.mark.slow
 def test_multi_label_from_json_lists(demo_dir, tmp_path):
     data = demo_dir / "data" / "multilabel"
-    argv = common_args(
+    argv = tiny_run(
+        "classification",
         demo_dir,
         tmp_path,
         train_file=data / "train.jsonl",
@@ -167,7 +150,8 @@ def best_constant_micro_f1(label_sets: list[set]) -> float:
 @pytest.mark.slow
 def test_multi_label_from_delimited_strings(demo_dir, tmp_path):
     data = demo_dir / "data" / "multilabel"
-    argv = common_args(
+    argv = tiny_run(
+        "classification",
         demo_dir,
         tmp_path,
         train_file=data / "train.csv",
@@ -205,7 +189,9 @@ SMALL_TRAIN = [("服务很好，推荐", "正面"), ("太差了，失望", "负�
 
 def test_missing_column_lists_the_columns(demo_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", SMALL_TRAIN, header=("comment", "label"))
-    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=None, do_train=True)
+    argv = tiny_run(
+        "classification", demo_dir, tmp_path / "out", train_file=train, validation_file=None, do_train=True
+    )
     with pytest.raises(ValueError, match=r"columns are: comment, label"):
         run_classification.main(argv)
     with pytest.raises(ValueError, match=r"`--label_column` 'lable' is not a column of the train data"):
@@ -215,7 +201,15 @@ def test_missing_column_lists_the_columns(demo_dir, tmp_path):
 def test_unseen_eval_label_names_value_and_row(demo_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", SMALL_TRAIN)
     dev = write_csv(tmp_path / "dev.csv", [("还行吧", "正面"), ("一般般", "中性")])
-    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=dev, do_train=True, do_eval=True)
+    argv = tiny_run(
+        "classification",
+        demo_dir,
+        tmp_path / "out",
+        train_file=train,
+        validation_file=dev,
+        do_train=True,
+        do_eval=True,
+    )
     with pytest.raises(ValueError, match=r"validation data has 1 label.*row 1: '中性'.*Known labels: 正面, 负面"):
         run_classification.main(argv)
 
@@ -225,8 +219,15 @@ def test_dirty_rows_are_dropped_and_counted(demo_dir, tmp_path, caplog):
     rows = [*SMALL_TRAIN, ("", "正面"), ("   ", "负面"), ("没有标签的一行", ""), ("好评", "正面")]
     train = write_csv(tmp_path / "train.csv", rows)
     dev = write_csv(tmp_path / "dev.csv", SMALL_TRAIN[:4])
-    argv = common_args(
-        demo_dir, tmp_path / "out", train_file=train, validation_file=dev, max_steps=1, do_train=True, do_eval=True
+    argv = tiny_run(
+        "classification",
+        demo_dir,
+        tmp_path / "out",
+        train_file=train,
+        validation_file=dev,
+        max_steps=1,
+        do_train=True,
+        do_eval=True,
     )
     with caplog.at_level(logging.WARNING):
         results = run_classification.main(argv)
@@ -241,7 +242,15 @@ def test_dirty_rows_are_dropped_and_counted(demo_dir, tmp_path, caplog):
 @pytest.mark.slow
 def test_gbk_file_error_and_file_encoding(demo_dir, tmp_path):
     train = write_csv(tmp_path / "train.csv", SMALL_TRAIN, encoding="gbk")
-    argv = common_args(demo_dir, tmp_path / "out", train_file=train, validation_file=None, max_steps=1, do_train=True)
+    argv = tiny_run(
+        "classification",
+        demo_dir,
+        tmp_path / "out",
+        train_file=train,
+        validation_file=None,
+        max_steps=1,
+        do_train=True,
+    )
     with pytest.raises(ValueError, match=r"train.csv' is not valid utf-8.*--file_encoding gbk"):
         run_classification.main(argv)
     results = run_classification.main([*argv, "--file_encoding", "gbk"])

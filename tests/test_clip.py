@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 import run_clip
-from helpers import to_argv
+from helpers import tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,35 +47,12 @@ def test_contrastive_loss_matches_clip_and_masks_same_image_captions():
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 
-def clip_args(demo_dir, output_dir, **overrides) -> list[str]:
-    data = demo_dir / "data" / "shapes"
-    args = {
-        "model_name_or_path": demo_dir / "models" / "chinese-clip-tiny",
-        "train_file": data / "train.csv",
-        "validation_file": data / "validation.jsonl",
-        "output_dir": output_dir,
-        "max_seq_length": 32,
-        "per_device_train_batch_size": 64,
-        "per_device_eval_batch_size": 128,
-        "learning_rate": 2e-3,
-        "warmup_steps": 0.1,
-        "num_train_epochs": 4,
-        "max_train_samples": 1000,  # 500 images with 2 captions each: 64 steps in all
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "dataloader_num_workers": 0,
-        "seed": 42,
-    }
-    args.update(overrides)
-    return to_argv(args)
-
-
 @pytest.fixture(scope="module")
 def chinese_clip_run(demo_dir, tmp_path_factory):
     """One short training run of the tiny ChineseCLIPModel, shared by the tests below."""
     output_dir = tmp_path_factory.mktemp("clip")
-    argv = clip_args(
+    argv = tiny_run(
+        "clip",
         demo_dir,
         output_dir,
         test_file=demo_dir / "data" / "shapes" / "test.csv",
@@ -137,7 +114,7 @@ def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
     assert np.allclose(embed[0].numpy(), embeddings["image_embeds"][0], atol=1e-4)
 
     # evaluating the saved model reproduces the end-of-training scores
-    again = run_clip.main(clip_args(demo_dir, tmp_path, model_name_or_path=output_dir, do_eval=True))
+    again = run_clip.main(tiny_run("clip", demo_dir, tmp_path, model_name_or_path=output_dir, do_eval=True))
     assert again["eval_mean_recall"] == pytest.approx(results["eval_mean_recall"], abs=1e-4)
 
 
@@ -145,7 +122,8 @@ def test_outputs_reload_and_predictions(chinese_clip_run, demo_dir, tmp_path):
 def test_dual_encoder_from_bert_and_vit_learns_and_reloads(demo_dir, tmp_path):
     from transformers import AutoModel, AutoProcessor
 
-    argv = clip_args(
+    argv = tiny_run(
+        "clip",
         demo_dir,
         tmp_path,
         model_name_or_path=None,
@@ -162,7 +140,7 @@ def test_dual_encoder_from_bert_and_vit_learns_and_reloads(demo_dir, tmp_path):
     assert type(model).__name__ == "VisionTextDualEncoderModel"
     assert type(processor).__name__ == "VisionTextDualEncoderProcessor"
     assert type(model.text_model).__name__ == "BertModel" and type(model.vision_model).__name__ == "ViTModel"
-    again = run_clip.main(clip_args(demo_dir, tmp_path / "eval", model_name_or_path=tmp_path, do_eval=True))
+    again = run_clip.main(tiny_run("clip", demo_dir, tmp_path / "eval", model_name_or_path=tmp_path, do_eval=True))
     assert again["eval_mean_recall"] == pytest.approx(results["eval_mean_recall"], abs=1e-4)
 
 
@@ -170,8 +148,14 @@ def test_dual_encoder_from_bert_and_vit_learns_and_reloads(demo_dir, tmp_path):
 @pytest.mark.parametrize("frozen", ["vision", "text"])
 def test_freeze_flags_keep_weights_bit_identical(demo_dir, tmp_path, frozen):
     model_dir = demo_dir / "models" / "chinese-clip-tiny"
-    argv = clip_args(
-        demo_dir, tmp_path, max_steps=3, max_train_samples=192, do_train=True, **{f"freeze_{frozen}_model": True}
+    argv = tiny_run(
+        "clip",
+        demo_dir,
+        tmp_path,
+        max_steps=3,
+        max_train_samples=192,
+        do_train=True,
+        **{f"freeze_{frozen}_model": True},
     )
     run_clip.main(argv)
     before = load_file(str(model_dir / "model.safetensors"))
@@ -203,7 +187,7 @@ def test_argument_errors_are_collected(demo_dir, tmp_path):
     assert f"--image_root '{tmp_path / 'nowhere'}' is not a directory" in message
     assert "--top_k must be at least 1" in message
     text_model = demo_dir / "models" / "bert-tiny-zh"
-    argv = clip_args(demo_dir, tmp_path, model_name_or_path=text_model, do_eval=True)
+    argv = tiny_run("clip", demo_dir, tmp_path, model_name_or_path=text_model, do_eval=True)
     with pytest.raises(
         ValueError, match=r"is a bert model \(BertForMaskedLM\), not an image-text dual encoder.*--text_model"
     ):

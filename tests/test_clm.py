@@ -8,43 +8,13 @@ import pytest
 from transformers import AutoTokenizer
 
 import run_clm
+from helpers import tiny_run
 from zhtrain.data import packing
 
 
 def clm_args(demo_dir, output_dir, **overrides) -> list[str]:
-    """A short from-scratch GPT-2 run on the demo corpus; overrides replace or add flags (None removes one)."""
-    data = demo_dir / "data" / "clm"
-    args = {
-        "model_type": "gpt2",
-        "config_overrides": "n_layer=2,n_head=2,n_embd=64,n_positions=128",
-        "tokenizer_name": demo_dir / "tokenizer-clm",
-        "train_file": data / "train.txt",
-        "validation_file": data / "validation.txt",
-        "tokenized_cache_dir": output_dir / "cache",
-        "output_dir": output_dir,
-        "block_size": 64,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "learning_rate": 3e-3,
-        "max_steps": 2,
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 42,
-        "sample_max_new_tokens": 24,
-        "do_train": True,
-        "do_eval": True,
-    }
-    args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is True:
-            argv.append(f"--{key}")
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        elif value is not None:
-            argv += [f"--{key}", str(value)]
-    return argv
+    """A short from-scratch GPT-2 run (train and evaluate) on the demo corpus; overrides replace or add flags."""
+    return tiny_run("clm", demo_dir, output_dir, **{"do_train": True, "do_eval": True, **overrides})
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

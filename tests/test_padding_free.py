@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoModelForCausalLM, Seq2SeqTrainingArguments
 
 import run_seq2seq_ptuning as s2s
-from helpers import to_argv
+from helpers import tiny_run, to_argv
 from trainer_seq2seq import GenerationTrainer
 from zhtrain.data.collators import PromptResponseCollator
 from zhtrain.padding_free import (
@@ -249,15 +249,14 @@ def test_argument_errors(demo_dir, tmp_path):
 
 
 def train(demo_dir, output_dir, *extra, data="adgen", finetuning_type="full", **overrides) -> dict:
+    """A short run_seq2seq_ptuning.py run (evaluated; `extra` adds --do_train and such) on a demo data set."""
     args = {
-        "model_name_or_path": demo_dir / "models" / "llama-tiny-sft-zh", "output_dir": output_dir,
         "train_file": demo_dir / "data" / data / "train.jsonl", "validation_file": demo_dir / "data" / data /
-        "validation.jsonl", "max_source_length": 96, "max_target_length": 48, "max_train_samples": 240,
-        "max_eval_samples": 24, "per_device_train_batch_size": 12, "per_device_eval_batch_size": 12,
-        "learning_rate": 3e-3, "num_train_epochs": 2, "save_strategy": "no", "report_to": "none", "seed": 7,
+        "validation.jsonl", "max_source_length": 96, "max_train_samples": 240, "per_device_train_batch_size": 12,
+        "per_device_eval_batch_size": 12, "num_train_epochs": 2, "seed": 7, "logging_steps": None,
         "finetuning_type": finetuning_type, "use_cpu": True, "do_eval": True, **overrides,
     }  # fmt: skip
-    return s2s.main([*to_argv(args), *extra])
+    return s2s.main([*tiny_run("seq2seq", demo_dir, output_dir, **args), *extra])
 
 
 @pytest.mark.slow
@@ -306,13 +305,13 @@ def test_generation_eval_sorted_by_length_restores_file_order(demo_dir, tmp_path
     from zhtrain.training import FileOrderEvaluation
 
     chat = demo_dir / "data" / "chat"
-    args = {"model_name_or_path": demo_dir / "models" / "llama-tiny-sft-zh", "test_file": chat / "validation.jsonl",
-            "do_predict": True, "max_predict_samples": 12, "per_device_eval_batch_size": 1, "max_new_tokens": 8,
-            "report_to": "none", "use_cpu": True}  # fmt: skip
+    args = {"train_file": None, "validation_file": None, "test_file": chat / "validation.jsonl", "do_predict": True,
+            "max_predict_samples": 12, "per_device_eval_batch_size": 1, "max_new_tokens": 8, "use_cpu": True,
+            "max_source_length": None, "max_target_length": None}  # fmt: skip
     rows = [json.loads(line) for line in (chat / "validation.jsonl").read_text(encoding="utf-8").splitlines()][:12]
-    sorted_run = s2s.main(to_argv({**args, "output_dir": tmp_path / "sorted"}))
+    sorted_run = s2s.main(tiny_run("seq2seq", demo_dir, tmp_path / "sorted", **args))
     monkeypatch.setattr(GenerationTrainer, "_get_eval_sampler", FileOrderEvaluation._get_eval_sampler)
-    file_order = s2s.main(to_argv({**args, "output_dir": tmp_path / "file_order"}))
+    file_order = s2s.main(tiny_run("seq2seq", demo_dir, tmp_path / "file_order", **args))
     predictions = (tmp_path / "sorted" / "generated_predictions.jsonl").read_text(encoding="utf-8")
     assert predictions == (tmp_path / "file_order" / "generated_predictions.jsonl").read_text(encoding="utf-8")
     assert [json.loads(line)["prompt"] for line in predictions.splitlines()] == [r["prompt"] for r in rows]

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import signal
+from functools import partial
 
 import pytest
 
@@ -19,7 +20,7 @@ import run_clip
 import run_clm
 import run_image_captioning
 import run_seq2seq_ptuning
-from helpers import count_training_steps, kill_while_saving, to_argv
+from helpers import count_training_steps, kill_while_saving, tiny_run
 
 MAX_STEPS, SAVE_STEPS, KILL_STEP = 6, 2, 4
 RUN = {
@@ -38,9 +39,12 @@ RUN = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def kill_and_resume(module, args: dict, output_dir, monkeypatch, caplog) -> dict:
-    """The run killed while saving checkpoint-4, an incomplete checkpoint-4 planted, then resumed; its results."""
-    argv = to_argv({**args, "output_dir": output_dir})
+def kill_and_resume(module, argv_to, output_dir, monkeypatch, caplog) -> dict:
+    """The run killed while saving checkpoint-4, an incomplete checkpoint-4 planted, then resumed; its results.
+
+    argv_to(output_dir) gives the run's argv.
+    """
+    argv = argv_to(output_dir)
     assert kill_while_saving(module.main, argv, KILL_STEP) == -signal.SIGKILL
     staged = output_dir / f"tmp-checkpoint-{KILL_STEP}" / f"checkpoint-{KILL_STEP}"
     assert (staged / "optimizer.pt").is_file() and not (staged / "trainer_state.json").exists()  # cut off mid-save
@@ -83,7 +87,8 @@ def test_classification_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, ca
         "learning_rate": 1e-3,
         "report_to": "tensorboard",
     }
-    full = run_classification.main(to_argv({**args, "output_dir": tmp_path / "full"}))
+    argv_to = partial(tiny_run, "classification", demo_dir, **args)
+    full = run_classification.main(argv_to(tmp_path / "full"))
     events = list((tmp_path / "full").rglob("events.out.tfevents.*"))
     assert events, "--report_to tensorboard wrote no event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -91,7 +96,7 @@ def test_classification_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, ca
     accumulator = EventAccumulator(str(events[0].parent))
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("train/loss")] == list(range(1, MAX_STEPS + 1))
-    resumed = kill_and_resume(run_classification, args, tmp_path / "killed", monkeypatch, caplog)
+    resumed = kill_and_resume(run_classification, argv_to, tmp_path / "killed", monkeypatch, caplog)
     assert_same_results(resumed, full, ["eval_accuracy", "eval_macro_f1"])
 
 
@@ -113,8 +118,9 @@ def test_clm_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, caplog):
         "learning_rate": 3e-3,
         "sample_max_new_tokens": 0,
     }
-    full = run_clm.main(to_argv({**args, "output_dir": tmp_path / "full"}))
-    resumed = kill_and_resume(run_clm, args, tmp_path / "killed", monkeypatch, caplog)
+    argv_to = partial(tiny_run, "clm", demo_dir, **args)
+    full = run_clm.main(argv_to(tmp_path / "full"))
+    resumed = kill_and_resume(run_clm, argv_to, tmp_path / "killed", monkeypatch, caplog)
     assert_same_results(resumed, full, ["eval_token_accuracy", "eval_perplexity"])
 
 
@@ -136,8 +142,9 @@ def test_seq2seq_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, caplog):
         "learning_rate": 3e-3,
         "predict_with_generate": True,
     }
-    full = run_seq2seq_ptuning.main(to_argv({**args, "output_dir": tmp_path / "full"}))
-    resumed = kill_and_resume(run_seq2seq_ptuning, args, tmp_path / "killed", monkeypatch, caplog)
+    argv_to = partial(tiny_run, "seq2seq", demo_dir, **args)
+    full = run_seq2seq_ptuning.main(argv_to(tmp_path / "full"))
+    resumed = kill_and_resume(run_seq2seq_ptuning, argv_to, tmp_path / "killed", monkeypatch, caplog)
     assert_same_results(resumed, full, ["eval_rouge-l", "eval_bleu-4"])
 
 
@@ -155,8 +162,9 @@ def test_clip_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, caplog):
         "max_seq_length": 32,
         "learning_rate": 2e-3,
     }
-    full = run_clip.main(to_argv({**args, "output_dir": tmp_path / "full"}))
-    resumed = kill_and_resume(run_clip, args, tmp_path / "killed", monkeypatch, caplog)
+    argv_to = partial(tiny_run, "clip", demo_dir, **args)
+    full = run_clip.main(argv_to(tmp_path / "full"))
+    resumed = kill_and_resume(run_clip, argv_to, tmp_path / "killed", monkeypatch, caplog)
     assert_same_results(resumed, full, ["eval_i2t_R@1", "eval_t2i_R@1", "eval_mean_recall"])
 
 
@@ -176,7 +184,8 @@ def test_captioning_resumes_after_a_kill(demo_dir, tmp_path, monkeypatch, caplog
         "max_new_tokens": 8,
         "learning_rate": 2e-3,
     }
-    full = run_image_captioning.main(to_argv({**args, "output_dir": tmp_path / "full"}))
-    resumed = kill_and_resume(run_image_captioning, args, tmp_path / "killed", monkeypatch, caplog)
+    argv_to = partial(tiny_run, "captioning", demo_dir, **args)
+    full = run_image_captioning.main(argv_to(tmp_path / "full"))
+    resumed = kill_and_resume(run_image_captioning, argv_to, tmp_path / "killed", monkeypatch, caplog)
     assert_same_results(resumed, full, ["eval_bleu-4", "eval_rouge-l", "eval_cider-d"])
     assert (tmp_path / "killed" / "checkpoint-4" / "preprocessor_config.json").is_file()

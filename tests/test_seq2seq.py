@@ -7,35 +7,21 @@ import logging
 import pytest
 
 import run_seq2seq_ptuning as s2s
-from helpers import to_argv
+from helpers import tiny_run
 from zhtrain.metrics import rouge_bleu
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 
 def run(demo_dir, output_dir, *extra, model="llama-tiny-sft-zh", data="adgen", **overrides) -> dict:
-    """run_seq2seq_ptuning.main on the demo ADGEN data with small settings."""
+    """run_seq2seq_ptuning.main on a demo data set (ADGEN by default) with small settings; `extra`: plain flags."""
     folder = demo_dir / "data" / data
-    args = {
+    files = {
         "model_name_or_path": demo_dir / "models" / model if "/" not in str(model) else model,
         "train_file": folder / "train.jsonl",
         "validation_file": folder / "validation.jsonl",
-        "output_dir": output_dir,
-        "max_source_length": 64,
-        "max_target_length": 48,
-        "max_train_samples": 400,
-        "max_eval_samples": 24,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 24,
-        "learning_rate": 3e-3,
-        "num_train_epochs": 4,
-        "logging_steps": 5,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 42,
     }
-    args.update(overrides)
-    return s2s.main([*to_argv(args), *extra])
+    return s2s.main([*tiny_run("seq2seq", demo_dir, output_dir, **{**files, **overrides}), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +36,19 @@ def lm_base(demo_dir, tmp_path_factory):
         for row in rows:
             f.write(json.dumps({"content": "写一段服装广告", "summary": row["summary"]}, ensure_ascii=False) + "\n")
     output_dir = tmp_path_factory.mktemp("lm_base")
-    s2s.main(
-        [
-            "--model_name_or_path", str(demo_dir / "models" / "llama-tiny-sft-zh"),
-            "--train_file", str(data / "train.jsonl"), "--output_dir", str(output_dir), "--do_train",
-            "--max_source_length", "16", "--max_target_length", "48", "--num_train_epochs", "3",
-            "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--save_strategy", "no",
-            "--report_to", "none",
-        ]
-    )  # fmt: skip
+    argv = tiny_run(
+        "seq2seq",
+        demo_dir,
+        output_dir,
+        train_file=data / "train.jsonl",
+        validation_file=None,
+        max_source_length=16,
+        num_train_epochs=3,
+        max_train_samples=None,
+        max_eval_samples=None,
+        do_train=True,
+    )
+    s2s.main(argv)
     return output_dir
 
 
@@ -72,7 +62,7 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
         test_file=demo_dir / "data" / "adgen" / "test.jsonl",
         max_predict_samples=24,
         max_train_samples=800,
-        num_train_epochs=5,
+        num_train_epochs=3,  # 150 steps: loss 9.95 -> 0.58, ROUGE-L 0 -> 57 (250 steps: 0.25, 83)
         train_sampling_strategy="group_by_length",
     )  # fmt: skip
     assert after["eval_loss"] < before["eval_loss"] - 3
@@ -88,19 +78,25 @@ def test_full_finetuning_learns_and_predicts_in_file_order(demo_dir, tmp_path):
     assert rescored["rouge-l"] == pytest.approx(after["predict_rouge-l"], abs=0.5)
 
 
+@pytest.fixture(scope="module")
+def lm_base_scores(lm_base, demo_dir, tmp_path_factory) -> dict:
+    """The base's scores before any adapter: what both adapters must beat."""
+    output_dir = tmp_path_factory.mktemp("lm_base_eval")
+    return run(demo_dir, output_dir, "--do_eval", "--predict_with_generate", model=str(lm_base))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ptuning", "lora"])
-def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, demo_dir, tmp_path):
+def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, lm_base_scores, demo_dir, tmp_path):
     from safetensors import safe_open
 
     test_file = demo_dir / "data" / "adgen" / "test.jsonl"
+    # P-Tuning needs its 250 steps (ROUGE-L 38 against the base's 31); LoRA is past both bars in 50 (loss 0.50, 51)
     common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16,
-              "max_train_samples": 800, "num_train_epochs": 5}  # fmt: skip
+              "max_train_samples": 800, "num_train_epochs": 5 if method == "ptuning" else 1}  # fmt: skip
     if method == "lora":
         common.pop("pre_seq_len")
-    base = run(
-        demo_dir, tmp_path / "base", "--do_eval", "--predict_with_generate", **dict(common, finetuning_type="full")
-    )
+    base = lm_base_scores
     trained = run(
         demo_dir,
         tmp_path / method,

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 import run_seq2seq_ptuning as s2s
 from convert_chatglm import convert
-from helpers import MODELS, make_checkpoint, to_argv
+from helpers import MODELS, make_checkpoint, tiny_run
 from score_predictions import score_file
 from zhtrain.chat.format import ChatFormat
 
@@ -44,15 +44,16 @@ def write_messages(source: Path, target: Path, sharegpt: bool = False, limit: in
     return target
 
 
-def run(model_dir: Path, train: Path, validation: Path, output_dir: Path, **extra) -> dict:
+def run(demo_dir: Path, model_dir: Path, train: Path, validation: Path, output_dir: Path, **extra) -> dict:
+    """Train, evaluate and predict (on the validation file) with generation; the script's defaults otherwise."""
     args = {
-        "model_name_or_path": str(model_dir), "train_file": str(train), "validation_file": str(validation),
-        "test_file": str(validation), "output_dir": str(output_dir), "do_train": True, "do_eval": True,
-        "do_predict": True, "predict_with_generate": True, "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16, "max_source_length": 128, "max_target_length": 32, "use_cpu": True,
-        "report_to": "none", "save_strategy": "no", "seed": 0, "logging_steps": 5, **extra,
+        "model_name_or_path": model_dir, "train_file": train, "validation_file": validation, "test_file": validation,
+        "do_train": True, "do_eval": True, "do_predict": True, "predict_with_generate": True,
+        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "max_source_length": 128,
+        "max_target_length": 32, "use_cpu": True, "seed": 0, "learning_rate": None, "num_train_epochs": None,
+        "max_train_samples": None, "max_eval_samples": None, **extra,
     }  # fmt: skip
-    return s2s.main(to_argv(args))
+    return s2s.main(tiny_run("seq2seq", demo_dir, output_dir, **args))
 
 
 def test_messages_data_learns_every_answer_and_keeps_the_conversation(demo_dir, tmp_path):
@@ -60,7 +61,7 @@ def test_messages_data_learns_every_answer_and_keeps_the_conversation(demo_dir, 
     train = write_messages(chat / "train.jsonl", tmp_path / "train.jsonl", limit=160)
     validation = write_messages(chat / "validation.jsonl", tmp_path / "validation.jsonl", limit=16)
     results = run(
-        demo_dir / "models" / "llama-tiny-sft-zh", train, validation, tmp_path / "out",
+        demo_dir, demo_dir / "models" / "llama-tiny-sft-zh", train, validation, tmp_path / "out",
         num_train_epochs=12, learning_rate=5e-3, max_new_tokens=32, per_device_train_batch_size=16,
     )  # fmt: skip
     assert results["eval_rouge-l"] > 70  # the answers are learned (86.8 here; 0 untrained)
@@ -78,7 +79,9 @@ def test_sharegpt_data_trains_with_loss_on_every_answer(demo_dir, tmp_path):
     chat = demo_dir / "data" / "chat"
     train = write_messages(chat / "train.jsonl", tmp_path / "train.jsonl", sharegpt=True, limit=32)
     validation = write_messages(chat / "validation.jsonl", tmp_path / "validation.jsonl", sharegpt=True, limit=4)
-    results = run(demo_dir / "models" / "llama-tiny-sft-zh", train, validation, tmp_path / "out", max_steps=2)
+    results = run(
+        demo_dir, demo_dir / "models" / "llama-tiny-sft-zh", train, validation, tmp_path / "out", max_steps=2
+    )
     assert results["train_samples"] == 32 and "eval_rouge-l" in results and results["eval_loss"] > 0
 
 
@@ -121,7 +124,7 @@ def test_every_family_trains_evaluates_by_generation_and_reloads(family, finetun
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows * 8) + "\n", encoding="utf-8")
     extra = {"pre_seq_len": 4} if finetuning_type == "ptuning" else {}
     results = run(
-        model_dir, data, data, tmp_path / "out", finetuning_type=finetuning_type, max_steps=2, max_eval_samples=2,
+        demo_dir, model_dir, data, data, tmp_path / "out", finetuning_type=finetuning_type, max_steps=2, max_eval_samples=2,
         max_predict_samples=2, max_new_tokens=4, **extra,
     )  # fmt: skip
     assert "eval_rouge-l" in results and results["train_loss"] > 0
