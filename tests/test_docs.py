@@ -26,9 +26,6 @@ LAYOUT_SECTION = "how-the-code-is-laid-out"
 # the folders a backticked path may start with; anything else (`outputs/`, `demo/`, `data/`) is the user's or a run's
 REPO_FOLDERS = ("zhtrain", "scripts", "examples", "docs", "benchmarks", "tests", "ds_configs")
 ROOT_FILES = ("Makefile", "pyproject.toml", "requirements.txt", "requirements-dev.txt")
-# Files the docs name that another branch of issue 20 adds (the launcher, on the tests branch). Strict, like an
-# xfail(strict=True): once the file exists this test fails, and the entry goes.
-NOT_YET_MERGED = {"scripts/launch.sh"}
 
 PLACEHOLDER = re.compile(r"[<*{]|\.\.\.")
 DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
@@ -251,13 +248,8 @@ def test_task_page_has_the_six_sections_in_order(page):
 @pytest.mark.parametrize("path", ALL_DOCS, ids=name)
 def test_backticked_paths_exist(path):
     named = {p for p in map(repository_path, inline_code(path)) if p}
-    missing = sorted(p for p in named - NOT_YET_MERGED if not (ROOT / p).exists())
+    missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"{name(path)} names files that do not exist: {missing}"
-
-
-def test_not_yet_merged_files_are_still_missing():
-    arrived = sorted(p for p in NOT_YET_MERGED if (ROOT / p).exists())
-    assert not arrived, f"{arrived} exist now: remove them from NOT_YET_MERGED"
 
 
 @pytest.mark.parametrize("path", ALL_DOCS, ids=name)
