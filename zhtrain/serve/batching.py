@@ -10,10 +10,9 @@ calls each request's `deliver(new_ids, finished, error)` from its worker thread 
   serve.py uses it on GPUs, what it is built for (CUDA graphs, flash / paged attention).
 - `WaveEngine` is ours, for what the manager cannot do: P-Tuning prefixes (peft puts them in the KV cache, which
   the paged cache has no place for), encoder-decoder models (the manager is decoder-only), a per-request `seed`
-  (the manager samples every request from one generator), and CPUs. On 2 loaded CPU cores (transformers 5.23,
-  torch 2.13, the tiny demo Llama) the per-request temperature / top-p processors the manager needs to mix
-  greedy and sampled requests cut 16 requests from 608 to 89 tokens/s; this engine gave 2,800. (On a quiet
-  machine, greedy requests only, the manager was 15-25% faster at 4-16 clients: BENCHMARKS.md.)
+  (the manager samples every request from one generator), and CPUs: on CPU the per-request temperature / top-p
+  processors the manager needs to mix greedy and sampled requests cost it most of its speed, while for greedy
+  requests alone it is the faster of the two (benchmarks/bench_serve.py; the numbers are in BENCHMARKS.md).
 """
 
 import logging
