@@ -91,9 +91,11 @@ def test_adapters_learn_save_only_trainable_weights_and_reload(method, lm_base, 
     from safetensors import safe_open
 
     test_file = demo_dir / "data" / "adgen" / "test.jsonl"
-    # P-Tuning needs its 250 steps (ROUGE-L 38 against the base's 31); LoRA is past both bars in 50 (loss 0.50, 51)
-    common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 1e-2, "pre_seq_len": 16,
-              "max_train_samples": 800, "num_train_epochs": 5 if method == "ptuning" else 1}  # fmt: skip
+    # P-Tuning at ChatGLM's rate, 2e-2, for 150 steps: ROUGE-L 38 against the base's 31 (1e-2 needs 250 steps for
+    # that); LoRA at 1e-2 is past both bars in 50 steps (loss 0.50 against 0.73, ROUGE-L 51)
+    ptuning = method == "ptuning"
+    common = {"model": str(lm_base), "finetuning_type": method, "learning_rate": 2e-2 if ptuning else 1e-2,
+              "pre_seq_len": 16, "max_train_samples": 800, "num_train_epochs": 3 if ptuning else 1}  # fmt: skip
     if method == "lora":
         common.pop("pre_seq_len")
     base = lm_base_scores
