@@ -19,7 +19,7 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
   shift
 fi
 if [ -f "$output_dir/adapter_config.json" ]; then  # adapters: the base model is the recipe's (or --model_name_or_path)
-  model=(--ptuning_checkpoint "$output_dir")
+  model=(--adapter_name_or_path "$output_dir")
 else
   model=(--model_name_or_path "$output_dir")
 fi
