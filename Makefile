@@ -11,8 +11,8 @@ TORCH_VERSION ?= 2.13.0
 DEEPSPEED_VERSION ?= 0.19.8
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
-# pytest-xdist processes, each taking the next test when idle (12 min for the suite on 2 cores, against 13.6 with
-# whole files per process: two files hold most of the long runs); 0 runs in one process
+# pytest-xdist processes, each taking the next test when idle (make test: 8 min 40 s on 2 cores, 2026-12-02, 742
+# tests; whole files per process was slower: two files hold most of the long runs); 0 runs in one process
 TEST_WORKERS ?= 2
 
 .PHONY: install install-dev demo serve test test-fast style quality clean
