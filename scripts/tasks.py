@@ -1,7 +1,8 @@
 """The tasks: which script trains each, its demo recipe in examples/, and the metrics the demo table shows.
 
-One table for `make demo` (scripts/run_demo.py, in this order) and for the tests, which build their short runs of
-each task from it (tests/helpers.py) and check that every examples/ file belongs to a script.
+One table for `make demo` (scripts/run_demo.py, in this order) and for the tests, which check that every script
+has a task, every demo recipe exists and every examples/ file belongs to a script (tests/test_scripts.py); their
+short runs (tests/helpers.tiny_run) name tasks by the same names.
 
 >>> TASKS["clip"].script, TASKS["clip"].recipe_prefix
 ('run_clip.py', 'clip')

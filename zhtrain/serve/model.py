@@ -43,7 +43,7 @@ class FolderKind:
     description: str = ""
 
     def __post_init__(self):
-        self.task = Task(self.task)  # "generate" works too; a word that names no task is a ValueError
+        self.task = Task(self.task)  # a word that names no task is a ValueError here, not a 404 later
 
 
 def read_json(path: Path) -> dict:
@@ -138,9 +138,6 @@ class Served:
     strip_spaces: bool = False
     generation_defaults: dict = field(default_factory=lambda: {"temperature": 0.0, "top_p": 1.0})
 
-    def __post_init__(self):
-        self.task = Task(self.task)
-
     @property
     def encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config, "is_encoder_decoder", False)) and self.task == Task.GENERATE
@@ -228,25 +225,25 @@ def load_served(kind: FolderKind, args) -> Served:
     load = {"dtype": args.dtype, "use_safetensors": True, "trust_remote_code": False}
     name = args.served_model_name or Path(kind.adapter or kind.model_path).resolve().name
     try:
-        if kind.task == "generate":
+        if kind.task == Task.GENERATE:
             return load_generator(kind, args, name, load)
-        if kind.task == "classify":
+        if kind.task == Task.CLASSIFY:
             from transformers import AutoModelForSequenceClassification
 
             model = AutoModelForSequenceClassification.from_pretrained(kind.model_path, **load)
             tokenizer = AutoTokenizer.from_pretrained(kind.model_path)
-            served = Served("classify", name, model.to(args.device).eval(), tokenizer, kind=kind)
+            served = Served(Task.CLASSIFY, name, model.to(args.device).eval(), tokenizer, kind=kind)
             served.context = context_length(model.config, tokenizer)
             return served
-        if kind.task == "clip":
+        if kind.task == Task.CLIP:
             model = AutoModel.from_pretrained(kind.model_path, **load).to(args.device).eval()
             processor = AutoProcessor.from_pretrained(kind.model_path)
-            return Served("clip", name, model, processor.tokenizer, processor, kind=kind)
+            return Served(Task.CLIP, name, model, processor.tokenizer, processor, kind=kind)
         from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
         model = AutoModelForImageTextToText.from_pretrained(kind.model_path, **load).to(args.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(kind.model_path)
-        served = Served("caption", name, model, tokenizer, AutoImageProcessor.from_pretrained(kind.model_path))
+        served = Served(Task.CAPTION, name, model, tokenizer, AutoImageProcessor.from_pretrained(kind.model_path))
         served.kind, served.strip_spaces = kind, adds_spaces_between_characters(tokenizer)
         return served
     except OSError as exc:
@@ -270,7 +267,7 @@ def load_generator(kind: FolderKind, args, name: str, load: dict) -> Served:
 
         model = PeftModel.from_pretrained(model, kind.adapter, is_trainable=False)
     generation_config = load_generation_config(folder) or getattr(model, "generation_config", None)
-    served = Served("generate", name, model.to(args.device).eval(), tokenizer, kind=kind)
+    served = Served(Task.GENERATE, name, model.to(args.device).eval(), tokenizer, kind=kind)
     served.stop_ids, served.context = stop_ids_of(generation_config, tokenizer), context_length(config, tokenizer)
     served.system_prompt, served.strip_spaces = args.system_prompt, adds_spaces_between_characters(tokenizer)
     if not encoder_decoder and (args.template or args.chat_template or getattr(tokenizer, "chat_template", None)):
